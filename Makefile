@@ -1,0 +1,38 @@
+# Every command a user or CI runs. `make serve` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# llama.cpp is compiled for a portable x86-64 baseline (AVX2/FMA) rather than -march=native:
+# native builds enable AMX kernels that crash on virtual machines which advertise AMX but
+# do not let processes use it.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+
+.PHONY: install serve test lint format bench bench-gateway clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+serve: install
+	$(BIN)/powertrain serve
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check powertrain tests bench
+	$(BIN)/ruff format --check powertrain tests bench
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff check --fix powertrain tests bench
+	$(BIN)/ruff format powertrain tests bench
+
+bench: bench-gateway
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,24 @@
+"""``powertrain`` on the command line: a thin shell over the library."""
+
+from __future__ import annotations
+
+import click
+
+from powertrain import __version__
+from powertrain.cli import generate, logs, models, serve
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="powertrain")
+def main() -> None:
+    """powertrain: one OpenAI-compatible endpoint for any LLM, with traces.
+
+    Runs offline on the bundled SmolLM2 model and a SQLite file by default.
+    Configure models in ./powertrain.toml; settings also come from POWERTRAIN_*
+    environment variables (see `powertrain settings`).
+    """
+
+
+for command in (serve.serve, generate.run, generate.chat, models.models, models.settings,
+                logs.logs):
+    main.add_command(command)

@@ -1,0 +1,3 @@
+from powertrain.cli import main
+
+main()

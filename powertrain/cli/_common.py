@@ -1,0 +1,55 @@
+"""What every command shares: loading config, one-line errors, tables and --json."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+import orjson
+from rich.console import Console
+
+from powertrain.config import Config, load_config
+from powertrain.errors import PowertrainError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def config_option(fn: F) -> F:
+    return click.option(
+        "--config", "config_path", type=click.Path(dir_okay=False), default=None,
+        help="powertrain.toml to use (default: ./powertrain.toml, or $POWERTRAIN_CONFIG).",
+    )(fn)
+
+
+def json_option(fn: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(fn)
+
+
+def load(config_path: str | None) -> Config:
+    return load_config(config_path)
+
+
+def friendly_errors(fn: F) -> F:
+    """Turn a PowertrainError into one actionable line and exit status 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except PowertrainError as exc:
+            raise click.ClickException(exc.message) from None
+        except KeyboardInterrupt:
+            err_console.print("[dim]interrupted[/dim]")
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def print_json(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")

@@ -1,0 +1,64 @@
+"""``powertrain models`` and ``powertrain settings``."""
+
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from powertrain.cli._common import (
+    config_option,
+    console,
+    friendly_errors,
+    json_option,
+    load,
+    print_json,
+)
+from powertrain.settings import Settings
+
+
+@click.command()
+@config_option
+@json_option
+@friendly_errors
+def models(config_path: str | None, as_json: bool) -> None:
+    """List the model catalog: engine, model, context window, prices per 1M tokens."""
+    catalog = load(config_path).catalog
+    rows = [m.model_dump(exclude={"api_key", "options"}) for m in catalog]
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(title="models")
+    for column in ("alias", "engine", "model", "context", "$ in /1M", "$ out /1M"):
+        table.add_column(column, justify="right" if column.startswith("$") else "left")
+    for m in catalog:
+        table.add_row(m.alias, m.engine, m.model or "(bundled SmolLM2-135M-Instruct)",
+                      str(m.context_window or "?"), f"{m.price_input:g}", f"{m.price_output:g}")
+    console.print(table)
+
+
+@click.command()
+@config_option
+@json_option
+@friendly_errors
+def settings(config_path: str | None, as_json: bool) -> None:
+    """Show every setting: its value, default and meaning ([settings] or POWERTRAIN_<NAME>)."""
+    current = load(config_path).settings
+    rows = [
+        {"name": name, "value": None if name == "admin_key" and getattr(current, name) else
+         str(getattr(current, name)) if getattr(current, name) is not None else None,
+         "default": None if default is None else str(default), "help": help_text}
+        for name, default, help_text in Settings.describe()
+    ]
+    for row in rows:
+        if row["name"] == "admin_key" and current.admin_key:
+            row["value"] = "(set)"
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(title="settings")
+    for column in ("name", "value", "env", "help"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["name"], row["value"] or "", "POWERTRAIN_" + row["name"].upper(),
+                      row["help"])
+    console.print(table)

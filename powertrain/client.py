@@ -1,0 +1,156 @@
+"""The Python API: the same request path as the server, in-process, traced the same way."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from powertrain.config import Config, load_config
+from powertrain.gateway import CallContext, Gateway
+from powertrain.schemas import ChatCompletionRequest, Usage
+from powertrain.schemas.trace import Trace
+from powertrain.store import TraceFilter
+
+Messages = str | list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str
+    trace_id: str
+    model: str
+    finish_reason: str
+    usage: Usage
+
+
+def _request(prompt: Messages, *, model: str, system: str | None, stream: bool,
+             params: dict[str, Any]) -> ChatCompletionRequest:
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if system is not None:
+        messages.insert(0, {"role": "system", "content": system})
+    return ChatCompletionRequest.model_validate(
+        {"model": model, "messages": messages, "stream": stream, **params})
+
+
+def _config(config: Config | str | Path | None) -> Config:
+    return config if isinstance(config, Config) else load_config(config)
+
+
+class AsyncClient:
+    """``async with AsyncClient() as pt: reply = await pt.chat("Hi")``."""
+
+    def __init__(self, config: Config | str | Path | None = None, *, source: str = "python"):
+        self.config = _config(config)
+        self.gateway = Gateway(self.config)
+        self._source = source
+
+    async def __aenter__(self) -> AsyncClient:
+        await self.gateway.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.gateway.aclose()
+
+    def _model(self, model: str | None) -> str:
+        return model or self.config.settings.default_model
+
+    async def chat(self, prompt: Messages, *, model: str | None = None,
+                   system: str | None = None, **params: Any) -> Reply:
+        await self.gateway.start()
+        request = _request(prompt, model=self._model(model), system=system, stream=False,
+                           params=params)
+        call, result = await self.gateway.chat(request, CallContext(source=self._source))
+        return Reply(text=result.content, trace_id=call.trace_id, model=request.model,
+                     finish_reason=result.finish_reason, usage=result.usage)
+
+    async def stream(self, prompt: Messages, *, model: str | None = None,
+                     system: str | None = None, **params: Any) -> AsyncIterator[str]:
+        """Yield text as it is generated; the trace is written when the stream ends."""
+        await self.gateway.start()
+        request = _request(prompt, model=self._model(model), system=system, stream=True,
+                           params=params)
+        call = await self.gateway.prepare(request, CallContext(source=self._source))
+        self.last_trace_id = call.trace_id
+        chunks = call.stream()
+        try:
+            async for chunk in chunks:
+                if chunk.delta:
+                    yield chunk.delta
+        finally:
+            await chunks.aclose()  # type: ignore[attr-defined]
+
+    async def traces(self, *, limit: int = 20, model: str | None = None,
+                     status: str | None = None) -> list[Trace]:
+        await self.gateway.traces.flush()
+        page = await asyncio.to_thread(self.gateway.trace_store.list,
+                                       TraceFilter(model=model, status=status), limit=limit)
+        return page.data
+
+    async def trace(self, trace_id: str) -> Trace | None:
+        await self.gateway.traces.flush()
+        return await asyncio.to_thread(self.gateway.trace_store.get, trace_id)
+
+
+class Client:
+    """The synchronous face of ``AsyncClient``, for scripts and notebooks."""
+
+    def __init__(self, config: Config | str | Path | None = None, *, source: str = "python"):
+        self._loop = asyncio.new_event_loop()
+        self._async = AsyncClient(config, source=source)
+        self._closed = False
+        atexit.register(self.close)
+
+    @property
+    def config(self) -> Config:
+        return self._async.config
+
+    @property
+    def last_trace_id(self) -> str | None:
+        return getattr(self._async, "last_trace_id", None)
+
+    def _run(self, coro: Any) -> Any:
+        return self._loop.run_until_complete(coro)
+
+    def chat(self, prompt: Messages, *, model: str | None = None, system: str | None = None,
+             **params: Any) -> Reply:
+        return self._run(self._async.chat(prompt, model=model, system=system, **params))  # type: ignore[no-any-return]
+
+    def stream(self, prompt: Messages, *, model: str | None = None, system: str | None = None,
+               **params: Any) -> Iterator[str]:
+        agen = self._async.stream(prompt, model=model, system=system, **params)
+        try:
+            while True:
+                try:
+                    yield self._run(anext(agen))
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._run(agen.aclose())
+
+    def traces(self, *, limit: int = 20, model: str | None = None,
+               status: str | None = None) -> list[Trace]:
+        return self._run(self._async.traces(limit=limit, model=model, status=status))  # type: ignore[no-any-return]
+
+    def trace(self, trace_id: str) -> Trace | None:
+        return self._run(self._async.trace(trace_id))  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """Write every pending trace and release the models."""
+        if self._closed:
+            return
+        self._closed = True
+        self._run(self._async.aclose())
+        self._loop.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

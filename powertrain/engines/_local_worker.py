@@ -1,0 +1,104 @@
+"""Running a local model off the event loop, one generation at a time, with a bounded queue.
+
+A local model can serve one generation at a time per loaded copy. Requests
+beyond the one running wait in a queue of fixed size; past that the caller is
+told to come back (``EngineOverloaded`` with a ``Retry-After`` estimate)
+instead of piling up unbounded. Each job can be cancelled: a queued job never
+starts, a running one stops at its next token, and its slot is freed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from powertrain.errors import EngineOverloaded
+
+_DONE = object()
+
+
+@dataclass
+class Job:
+    """One generation: its token stream, its cancel flag and what it measured."""
+
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    compute_seconds: float = 0.0
+
+    def emit(self, item: Any) -> None:
+        """Called from the worker thread: hand one item to the event loop."""
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    async def items(self) -> AsyncIterator[Any]:
+        """Items in order until the job ends; re-raises the worker's exception."""
+        while True:
+            item = await self.queue.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+
+class LocalWorker:
+    """A single thread that runs jobs in order, admitting at most ``1 + queue_size``."""
+
+    def __init__(self, name: str, queue_size: int):
+        self.name = name
+        self.queue_size = queue_size
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pt-{name}")
+        self._admitted = 0
+        self._avg_job_seconds = 2.0  # refined by an moving average as jobs finish
+
+    @property
+    def admitted(self) -> int:
+        return self._admitted
+
+    def submit(self, work: Callable[[Job], Iterator[Any]]) -> Job:
+        """Queue ``work`` (a generator run in the worker thread); its items stream to the Job."""
+        if self._admitted >= 1 + self.queue_size:
+            wait = self._avg_job_seconds * self._admitted
+            raise EngineOverloaded(
+                f"model {self.name!r} is busy: {self._admitted} requests running or queued "
+                f"(queue_size={self.queue_size}); retry in a few seconds",
+                retry_after=min(60.0, max(1.0, wait)),
+            )
+        loop = asyncio.get_running_loop()
+        job = Job(loop=loop)
+        self._admitted += 1
+        future = loop.run_in_executor(self._executor, self._run, job, work)
+        future.add_done_callback(lambda _f: self._release(job))
+        return job
+
+    def _release(self, job: Job) -> None:
+        self._admitted -= 1
+        if job.compute_seconds:
+            self._avg_job_seconds = 0.8 * self._avg_job_seconds + 0.2 * job.compute_seconds
+
+    @staticmethod
+    def _run(job: Job, work: Callable[[Job], Iterator[Any]]) -> None:
+        started = time.perf_counter()
+        try:
+            if job.cancelled.is_set():
+                return
+            for item in work(job):
+                job.emit(item)
+                if job.cancelled.is_set():
+                    break
+        except BaseException as exc:  # handed to the awaiting coroutine, not lost
+            job.emit(exc)
+        finally:
+            job.compute_seconds = time.perf_counter() - started
+            job.emit(_DONE)
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,53 @@
+"""Plugins: every engine, built-in or third-party, arrives through one hook.
+
+Built-in engines are listed in ``DEFAULT_PLUGINS`` and registered exactly the
+way a third-party package's are (from the ``powertrain`` entry-point group),
+so the built-ins prove the hook works.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from powertrain.engines.base import Engine
+
+hookspec = pluggy.HookspecMarker("powertrain")
+hookimpl = pluggy.HookimplMarker("powertrain")
+
+DEFAULT_PLUGINS = (
+    "powertrain.engines.llamacpp",
+    "powertrain.engines.openai",
+    "powertrain.engines.anthropic",
+)
+
+
+class Specs:
+    @hookspec
+    def register_engines(self, register: Callable[[type[Engine]], None]) -> None:
+        """Call ``register(EngineClass)`` once for each engine this plugin provides."""
+
+
+def make_plugin_manager(load_entry_points: bool = True) -> pluggy.PluginManager:
+    pm = pluggy.PluginManager("powertrain")
+    pm.add_hookspecs(Specs)
+    for name in DEFAULT_PLUGINS:
+        pm.register(importlib.import_module(name), name=name)
+    if load_entry_points:
+        pm.load_setuptools_entrypoints("powertrain")
+    return pm
+
+
+_pm: pluggy.PluginManager | None = None
+
+
+def plugin_manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager (tests may register temporary plugins on it)."""
+    global _pm
+    if _pm is None:
+        _pm = make_plugin_manager()
+    return _pm

@@ -1,0 +1,40 @@
+"""Keeping configured secrets out of everything we emit.
+
+Upstreams sometimes echo the key they were given in an error message; a
+``SecretScrubber`` replaces every configured secret value wherever text leaves
+the process (error responses, traces, logs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+MASK = "[redacted]"
+
+
+class SecretScrubber:
+    def __init__(self, secrets: Iterable[str] = ()):
+        # Longest first, so a secret that contains another is masked whole.
+        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+
+    def __bool__(self) -> bool:
+        return bool(self._secrets)
+
+    def text(self, value: str) -> str:
+        for secret in self._secrets:
+            if secret in value:
+                value = value.replace(secret, MASK)
+        return value
+
+    def deep(self, value: Any) -> Any:
+        """Scrub strings anywhere inside dicts and lists."""
+        if not self._secrets:
+            return value
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            return {self.deep(k): self.deep(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.deep(v) for v in value]
+        return value

@@ -1,0 +1,140 @@
+"""Assembling the server in plain view: hot OpenAI routes in front, FastAPI behind."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from powertrain import __version__
+from powertrain.config import Config, load_config
+from powertrain.errors import InvalidRequest, NotFound, PowertrainError, RequestTooLarge
+from powertrain.gateway import Gateway
+from powertrain.schemas import ChatCompletionRequest
+from powertrain.schemas.embeddings import EmbeddingRequest
+from powertrain.server import api, docs_assets
+from powertrain.server.asgi import Message, Receive, Scope, Send
+from powertrain.server.auth import Authenticator
+from powertrain.server.openai_routes import OpenAIRoutes
+
+
+def _error_response(exc: PowertrainError) -> JSONResponse:
+    return JSONResponse(exc.to_openai(), status_code=exc.status_code, headers=exc.headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(PowertrainError)
+    async def powertrain_error(_r: Request, exc: PowertrainError) -> JSONResponse:
+        return _error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_r: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path"))
+        return _error_response(InvalidRequest(f"{loc}: {first.get('msg')}", param=loc or None))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_r: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            return _error_response(NotFound("no such route; see /docs for the API"))
+        error = PowertrainError(str(exc.detail))
+        error.status_code = exc.status_code
+        error.error_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return _error_response(error)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_r: Request, exc: Exception) -> JSONResponse:
+        return _error_response(PowertrainError("internal error; the server log has the details"))
+
+
+def _openapi_with_hot_routes(app: FastAPI) -> Any:
+    """FastAPI documents its own routes; the hot routes are added from the same models."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title="powertrain", version=__version__, routes=app.routes,
+                         description="OpenAI-compatible gateway and powertrain's own API.")
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for path, model, summary in (
+        ("/v1/chat/completions", ChatCompletionRequest, "Chat completion (streaming with stream=true)"),
+        ("/v1/embeddings", EmbeddingRequest, "Embeddings from a model that embeds"),
+    ):
+        model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(model_schema.pop("$defs", {}))
+        components[model.__name__] = model_schema
+        schema["paths"][path] = {"post": {
+            "summary": summary,
+            "tags": ["openai"],
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}},
+            "responses": {"200": {"description": "OpenAI-shaped response (SSE when streaming)"},
+                          "4XX": {"description": "OpenAI error shape"}},
+        }}
+    app.openapi_schema = schema
+    return schema
+
+
+class PowertrainApp:
+    """The ASGI entry point: hot routes answer directly, everything else goes to FastAPI."""
+
+    def __init__(self, gateway: Gateway, api_app: FastAPI, hot: OpenAIRoutes):
+        self.gateway = gateway
+        self.api = api_app
+        self.hot_routes = hot.routes
+        self.max_body = gateway.config.settings.max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            route = self.hot_routes.get((scope["method"], scope["path"]))
+            if route is not None:
+                await route[0](scope, receive, send)
+                return
+            receive = self._limited(receive)
+        await self.api(scope, receive, send)  # type: ignore[arg-type]
+
+    def _limited(self, receive: Receive) -> Receive:
+        """Bound bodies on framework routes too (the hot routes bound their own)."""
+        seen = 0
+        limit = self.max_body
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise RequestTooLarge(
+                    f"request body is over the limit of {limit} bytes (setting max_body_bytes)")
+            return message
+
+        return limited
+
+
+def create_app(config: Config | None = None, *, gateway: Gateway | None = None) -> PowertrainApp:
+    config = config or (gateway.config if gateway else load_config())
+    gateway = gateway or Gateway(config)
+    authenticator = Authenticator(config.settings.admin_key)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.aclose()  # flushes every pending trace
+
+    api_app = FastAPI(title="powertrain", version=__version__, lifespan=lifespan,
+                      docs_url=None, redoc_url=None, openapi_url=None)
+    api_app.state.gateway = gateway
+    api_app.state.authenticator = authenticator
+    api_app.state.openapi_schema = lambda: _openapi_with_hot_routes(api_app)
+    _install_error_handlers(api_app)
+    api_app.include_router(api.router)
+    api_app.include_router(docs_assets.router)
+    hot = OpenAIRoutes(gateway, authenticator)
+    return PowertrainApp(gateway, api_app, hot)
+

@@ -1,0 +1,6 @@
+"""The store: SQLAlchemy 2 over SQLite (default) or Postgres, same schema and migrations."""
+
+from powertrain.store.db import Database
+from powertrain.store.traces import TraceFilter, TracePage, TraceStore
+
+__all__ = ["Database", "TraceFilter", "TracePage", "TraceStore"]

@@ -1,0 +1,54 @@
+"""Table definitions. Changing one needs a new migration in ``migrations/versions``."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData()
+
+# JSONB on Postgres (indexable), JSON text elsewhere.
+JsonType = JSON().with_variant(JSONB(), "postgresql")
+
+traces = Table(
+    "traces",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("model", String(256), nullable=False),
+    Column("engine", String(64)),
+    Column("task", String(256)),
+    Column("variant", String(256)),
+    Column("api_key_id", String(64)),
+    Column("status", String(16), nullable=False),
+    Column("stream", Boolean, nullable=False, default=False),
+    Column("request", JsonType, nullable=False),
+    Column("output", Text),
+    Column("finish_reason", String(32)),
+    Column("prompt_tokens", Integer, nullable=False, default=0),
+    Column("completion_tokens", Integer, nullable=False, default=0),
+    Column("cost_usd", Float, nullable=False, default=0.0),
+    Column("compute_seconds", Float),
+    Column("latency_ms", Float, nullable=False, default=0.0),
+    Column("ttft_ms", Float),
+    Column("http_status", Integer),
+    Column("error_type", String(64)),
+    Column("error_message", Text),
+    Column("attempts", JsonType, nullable=False),
+    Column("metadata", JsonType, nullable=False),
+    Index("ix_traces_created_at", "created_at"),
+    Index("ix_traces_model_created_at", "model", "created_at"),
+    Index("ix_traces_status_created_at", "status", "created_at"),
+)
