@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,7 +71,7 @@ class AsyncClient:
                      finish_reason=result.finish_reason, usage=result.usage)
 
     async def stream(self, prompt: Messages, *, model: str | None = None,
-                     system: str | None = None, **params: Any) -> AsyncIterator[str]:
+                     system: str | None = None, **params: Any) -> AsyncGenerator[str, None]:
         """Yield text as it is generated; the trace is written when the stream ends."""
         await self.gateway.start()
         request = _request(prompt, model=self._model(model), system=system, stream=True,
@@ -124,7 +124,7 @@ class Client:
 
     def stream(self, prompt: Messages, *, model: str | None = None, system: str | None = None,
                **params: Any) -> Iterator[str]:
-        agen = self._async.stream(prompt, model=model, system=system, **params)
+        agen: AsyncGenerator[str, None] = self._async.stream(prompt, model=model, system=system, **params)
         try:
             while True:
                 try:

@@ -26,6 +26,17 @@ REPO = Path(__file__).resolve().parent.parent
 POSTGRES_ENV = "POWERTRAIN_TEST_POSTGRES_URL"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _close_llama_devnull() -> Iterator[None]:
+    """llama-cpp-python opens /dev/null at import and never closes it; do it at the end."""
+    yield
+    utils = sys.modules.get("llama_cpp._utils")
+    for name in ("outnull_file", "errnull_file"):
+        handle = getattr(utils, name, None)
+        if handle is not None:
+            handle.close()
+
+
 @pytest.fixture(autouse=True)
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Each test gets its own data directory and working directory, and no POWERTRAIN_* leaks in."""

@@ -16,8 +16,9 @@ from powertrain.errors import PowertrainError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-console = Console()
-err_console = Console(stderr=True)
+# Piped output is not cut to 80 columns: scripts and files get whole ids and values.
+console = Console(width=None if sys.stdout.isatty() else 200)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 
 def config_option(fn: F) -> F:

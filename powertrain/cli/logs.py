@@ -40,8 +40,10 @@ def logs(ctx: click.Context, count: int, model: str | None, status: str | None,
         print_json([t.model_dump(mode="json") for t in page.data])
         return
     table = Table(title=f"last {len(page.data)} traces")
-    for column in ("id", "time", "model", "status", "tokens in/out", "latency", "ttft", "output"):
-        table.add_column(column, overflow="ellipsis", no_wrap=column != "output")
+    table.add_column("id", no_wrap=True, min_width=31)
+    for column in ("time", "model", "status", "tokens in/out", "latency", "ttft"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("output", overflow="ellipsis", no_wrap=True, ratio=1)
     for t in page.data:
         table.add_row(
             t.id, t.created_at.strftime("%H:%M:%S"), t.model,

@@ -43,15 +43,13 @@ def models(config_path: str | None, as_json: bool) -> None:
 def settings(config_path: str | None, as_json: bool) -> None:
     """Show every setting: its value, default and meaning ([settings] or POWERTRAIN_<NAME>)."""
     current = load(config_path).settings
-    rows = [
-        {"name": name, "value": None if name == "admin_key" and getattr(current, name) else
-         str(getattr(current, name)) if getattr(current, name) is not None else None,
-         "default": None if default is None else str(default), "help": help_text}
-        for name, default, help_text in Settings.describe()
-    ]
-    for row in rows:
-        if row["name"] == "admin_key" and current.admin_key:
-            row["value"] = "(set)"
+    rows: list[dict[str, str | None]] = []
+    for name, default, help_text in Settings.describe():
+        value = getattr(current, name)
+        if name == "admin_key" and value:
+            value = "(set)"  # never print a secret
+        rows.append({"name": name, "value": None if value is None else str(value),
+                     "default": None if default is None else str(default), "help": help_text})
     if as_json:
         print_json(rows)
         return
@@ -59,6 +57,6 @@ def settings(config_path: str | None, as_json: bool) -> None:
     for column in ("name", "value", "env", "help"):
         table.add_column(column)
     for row in rows:
-        table.add_row(row["name"], row["value"] or "", "POWERTRAIN_" + row["name"].upper(),
-                      row["help"])
+        name = str(row["name"])
+        table.add_row(name, row["value"] or "", "POWERTRAIN_" + name.upper(), row["help"])
     console.print(table)

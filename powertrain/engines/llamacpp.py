@@ -73,7 +73,7 @@ class LoadedModel:
 
     def prompt_tokens(self, request: ChatCompletionRequest) -> list[int]:
         messages = [_template_message(m.role, m.text()) for m in request.messages]
-        prompt = self.formatter(messages=messages).prompt
+        prompt = self.formatter(messages=messages).prompt  # type: ignore[arg-type]
         return self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
 
     def close(self) -> None:
@@ -204,8 +204,8 @@ class LlamaCppEngine(Engine):
                 )
                 for piece in stream:
                     choice = piece["choices"][0]  # type: ignore[index]
-                    finish = choice["finish_reason"]
-                    yield choice["text"], finish
+                    finish = choice["finish_reason"]  # type: ignore[index]
+                    yield choice["text"], finish  # type: ignore[index]
             finally:
                 # Tokens now in the context, less the prompt, are the ones generated;
                 # the last sampled token is only evaluated when generation goes on.

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from powertrain import __version__
@@ -20,7 +21,7 @@ from powertrain.schemas import ChatCompletionRequest
 from powertrain.schemas.embeddings import EmbeddingRequest
 from powertrain.server import api, docs_assets
 from powertrain.server.asgi import Message, Receive, Scope, Send
-from powertrain.server.auth import Authenticator
+from powertrain.server.auth import Access, Authenticator, route_access
 from powertrain.server.openai_routes import OpenAIRoutes
 
 
@@ -87,6 +88,22 @@ class PowertrainApp:
         self.api = api_app
         self.hot_routes = hot.routes
         self.max_body = gateway.config.settings.max_body_bytes
+
+    def route_table(self) -> list[tuple[str, str, Access | None]]:
+        """(method, path, declared access) of every route, hot and framework alike."""
+        table: list[tuple[str, str, Access | None]] = [
+            (m, p, access) for (m, p), (_h, access) in self.hot_routes.items()]
+
+        def walk(routes: list[Any]) -> None:
+            for route in routes:
+                included = getattr(route, "original_router", None)  # FastAPI include_router
+                if included is not None:
+                    walk(included.routes)
+                elif isinstance(route, APIRoute):
+                    table.extend((m, route.path, route_access(route)) for m in route.methods or ())
+
+        walk(self.api.routes)
+        return table
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":

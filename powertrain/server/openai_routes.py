@@ -96,7 +96,7 @@ class OpenAIRoutes:
                 "headers": [*SSE_HEADERS, (TRACE_HEADER, call.trace_id.encode())],
             })
             created = int(time.time())
-            ids = {"completion_id": call.completion_id, "model": request.model, "created": created}
+            completion_id = call.completion_id
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
             usage = None
             is_first = True
@@ -104,7 +104,8 @@ class OpenAIRoutes:
             try:
                 while pending is not None:
                     await send({"type": "http.response.body", "more_body": True, "body": sse_event(
-                        pending.to_openai(**ids, first=is_first))})
+                        pending.to_openai(completion_id=completion_id, model=request.model,
+                                          created=created, first=is_first))})
                     is_first = False
                     usage = pending.usage or usage
                     pending = await anext(chunks, None)
