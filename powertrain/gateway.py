@@ -110,7 +110,7 @@ class Call:
                 t.status, t.error_type, t.http_status = "error", type(error).__name__, 500
                 t.error_message = scrub(str(error)) or type(error).__name__
         if self.engine is not None:
-            t.attempts.append(Attempt(
+            t.attempts.append(Attempt.model_construct(
                 model=t.model, engine=self.engine.name, status=t.status,
                 latency_ms=t.latency_ms, error=t.error_message,
             ))
@@ -239,15 +239,16 @@ class Gateway:
         ctx = ctx or CallContext()
         raw = ctx.raw_request if ctx.raw_request is not None else request.model_dump(
             exclude_none=True)
-        call = Call(self, Trace(model=request.model, request=raw, stream=request.stream,
-                                api_key_id=ctx.api_key_id, metadata={"source": ctx.source}))
+        call = Call(self, Trace.begin(
+            model=request.model, request=raw, stream=request.stream,
+            api_key_id=ctx.api_key_id, metadata={"source": ctx.source}))
         try:
             ref = ModelRef.parse(request.model)
             if ref.kind == "task":
                 raise ModelNotFound(f"no task named {ref.name!r} is defined", param="model")
             call.model = self.config.catalog.get(ref.name)
             call.trace.engine = call.model.engine
-            call.engine = await self.engines.get(ref.name)
+            call.engine = self.engines.started(ref.name) or await self.engines.get(ref.name)
             call.request = self._with_defaults(request, call.model)
             self._check(call.request, call.engine)
         except BaseException as exc:

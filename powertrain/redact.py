@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import orjson
+
 MASK = "[redacted]"
 
 
@@ -17,6 +19,8 @@ class SecretScrubber:
     def __init__(self, secrets: Iterable[str] = ()):
         # Longest first, so a secret that contains another is masked whole.
         self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        # As they appear inside JSON text (escaping included), for the quick check in deep().
+        self._encoded = [orjson.dumps(s)[1:-1] for s in self._secrets]
 
     def __bool__(self) -> bool:
         return bool(self._secrets)
@@ -31,6 +35,14 @@ class SecretScrubber:
         """Scrub strings anywhere inside dicts and lists."""
         if not self._secrets:
             return value
+        if isinstance(value, dict | list):
+            # One C-speed serialisation tells whether any secret is there at all.
+            try:
+                encoded = orjson.dumps(value)
+            except TypeError:
+                encoded = None
+            if encoded is not None and not any(s in encoded for s in self._encoded):
+                return value
         if isinstance(value, str):
             return self.text(value)
         if isinstance(value, dict):

@@ -44,6 +44,10 @@ class EnginePool:
                 f"(known: {known})"
             ) from None
 
+    def started(self, alias: str) -> Engine | None:
+        """The engine if it is already running (the common case, without an await)."""
+        return self._engines.get(alias)
+
     async def get(self, alias: str) -> Engine:
         engine = self._engines.get(alias)
         if engine is not None:

@@ -10,7 +10,9 @@ the upstream request.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+import traceback
 from typing import Any
 
 from powertrain.errors import InvalidRequest, PowertrainError, StreamInterrupted
@@ -36,6 +38,8 @@ from powertrain.server.auth import Access, Authenticator
 from powertrain.server.validation import parse_as
 
 TRACE_HEADER = b"x-powertrain-trace-id"
+
+log = logging.getLogger("powertrain.server")
 
 
 class OpenAIRoutes:
@@ -81,6 +85,11 @@ class OpenAIRoutes:
             trace_id = call.trace_id if call else getattr(exc, "trace_id", None)
             await send_error(send, self._scrubbed(exc),
                              [(TRACE_HEADER, trace_id.encode())] if trace_id else None)
+        except Exception as exc:
+            # A bug, not a refusal. ``_stream`` handles its own failures once its headers
+            # are out, so none has been sent yet: answer in the OpenAI shape anyway.
+            await send_error(send, self._unexpected(exc, "/v1/chat/completions"),
+                             [(TRACE_HEADER, call.trace_id.encode())] if call else None)
         finally:
             watcher.stop()
 
@@ -138,8 +147,17 @@ class OpenAIRoutes:
         except PowertrainError as exc:
             await send_error(send, self._scrubbed(exc))
             return
+        except Exception as exc:
+            await send_error(send, self._unexpected(exc, "/v1/embeddings"))
+            return
         await send_json(send, 200, result.to_openai(model=request.model),
                         [(TRACE_HEADER, trace.id.encode())])
+
+    def _unexpected(self, exc: Exception, route: str) -> PowertrainError:
+        """Log an unexpected failure (secrets scrubbed) and say so in the OpenAI shape."""
+        details = self.gateway.scrubber.text("".join(traceback.format_exception(exc)))
+        log.error("unexpected error in %s:\n%s", route, details)
+        return PowertrainError("internal error; the server log has the details")
 
     def _scrubbed(self, exc: PowertrainError) -> PowertrainError:
         scrubber = self.gateway.scrubber

@@ -48,7 +48,7 @@ class TraceStore:
     def insert_many(self, rows: Sequence[Trace]) -> None:
         if not rows:
             return
-        values = [row.model_dump(mode="python") for row in rows]
+        values = [row.to_row() for row in rows]
         if self.db.dialect == "postgresql":
             values = [_without_nul(v) for v in values]
         with self.db.engine.begin() as conn:
