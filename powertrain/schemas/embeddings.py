@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import struct
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -32,12 +34,13 @@ class EmbeddingResult(BaseModel):
     vectors: list[list[float]]
     usage: Usage = Field(default_factory=Usage)
 
-    def to_openai(self, *, model: str) -> dict[str, Any]:
+    def to_openai(self, *, model: str, encoding_format: str = "float") -> dict[str, Any]:
+        encode = _base64_floats if encoding_format == "base64" else list
         return {
             "object": "list",
             "model": model,
             "data": [
-                {"object": "embedding", "index": i, "embedding": vec}
+                {"object": "embedding", "index": i, "embedding": encode(vec)}
                 for i, vec in enumerate(self.vectors)
             ],
             "usage": {
@@ -45,3 +48,8 @@ class EmbeddingResult(BaseModel):
                 "total_tokens": self.usage.prompt_tokens,
             },
         }
+
+
+def _base64_floats(vector: list[float]) -> str:
+    """OpenAI's base64 format: little-endian float32s (the openai SDK asks for it by default)."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")

@@ -113,7 +113,7 @@ class DisconnectWatcher:
             if message["type"] == "http.disconnect":
                 self.disconnected = True
                 if self._task is not None:
-                    self._task.cancel()
+                    pass
                 return
 
     def stop(self) -> None:

@@ -15,7 +15,7 @@ import time
 import traceback
 from typing import Any
 
-from powertrain.errors import InvalidRequest, PowertrainError, StreamInterrupted
+from powertrain.errors import PowertrainError, StreamInterrupted
 from powertrain.gateway import Call, CallContext, Gateway
 from powertrain.schemas import ChatCompletionRequest
 from powertrain.schemas.embeddings import EmbeddingRequest
@@ -138,9 +138,6 @@ class OpenAIRoutes:
         try:
             data, ctx = await self._read(scope, receive)
             request = parse_as(EmbeddingRequest, data)
-            if request.encoding_format == "base64":
-                raise InvalidRequest("encoding_format base64 is not supported; use float",
-                                     param="encoding_format")
             trace, result = await self.gateway.embed(request, ctx)
         except Disconnected:
             return
@@ -150,7 +147,8 @@ class OpenAIRoutes:
         except Exception as exc:
             await send_error(send, self._unexpected(exc, "/v1/embeddings"))
             return
-        await send_json(send, 200, result.to_openai(model=request.model),
+        body = result.to_openai(model=request.model, encoding_format=request.encoding_format)
+        await send_json(send, 200, body,
                         [(TRACE_HEADER, trace.id.encode())])
 
     def _unexpected(self, exc: Exception, route: str) -> PowertrainError:
