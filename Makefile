@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # do not let processes use it.
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 
-.PHONY: install serve test lint format bench bench-gateway clean
+.PHONY: install serve test lint format bench bench-gateway bench-tokens clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,3 +36,9 @@ bench: bench-gateway
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+bench-gateway: install
+	$(BIN)/python -m bench.gateway $(ARGS)
+
+bench-tokens: install
+	$(BIN)/python -m bench.gateway.tokens $(ARGS)

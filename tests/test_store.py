@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -110,3 +110,13 @@ def test_nul_bytes_in_a_trace_are_stored(store: TraceStore) -> None:
     store.insert_many([trace])
     loaded = store.get(trace.id)
     assert loaded is not None and loaded.output in ("a\x00b", "a\ufffdb")
+
+
+def test_time_filters_honour_offsets(store: TraceStore) -> None:
+    model = f"m-{uuid.uuid4().hex[:8]}"
+    now = datetime.now(UTC)
+    store.insert_many([_trace(model, created_at=now - timedelta(hours=h)) for h in range(4)])
+    plus_two = timezone(timedelta(hours=2))
+    since = (now - timedelta(hours=1, minutes=30)).astimezone(plus_two)
+    found = store.list(TraceFilter(model=model, since=since), limit=10).data
+    assert len(found) == 2

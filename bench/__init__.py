@@ -1,0 +1,1 @@
+"""Benchmarks of powertrain (see bench/README.md)."""
