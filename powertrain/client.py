@@ -27,13 +27,15 @@ class Reply:
     usage: Usage
 
 
-def _request(prompt: Messages, *, model: str, system: str | None, stream: bool,
-             params: dict[str, Any]) -> ChatCompletionRequest:
+def _request(
+    prompt: Messages, *, model: str, system: str | None, stream: bool, params: dict[str, Any]
+) -> ChatCompletionRequest:
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
     if system is not None:
         messages.insert(0, {"role": "system", "content": system})
     return ChatCompletionRequest.model_validate(
-        {"model": model, "messages": messages, "stream": stream, **params})
+        {"model": model, "messages": messages, "stream": stream, **params}
+    )
 
 
 def _config(config: Config | str | Path | None) -> Config:
@@ -61,21 +63,40 @@ class AsyncClient:
     def _model(self, model: str | None) -> str:
         return model or self.config.settings.default_model
 
-    async def chat(self, prompt: Messages, *, model: str | None = None,
-                   system: str | None = None, **params: Any) -> Reply:
+    async def chat(
+        self,
+        prompt: Messages,
+        *,
+        model: str | None = None,
+        system: str | None = None,
+        **params: Any,
+    ) -> Reply:
         await self.gateway.start()
-        request = _request(prompt, model=self._model(model), system=system, stream=False,
-                           params=params)
+        request = _request(
+            prompt, model=self._model(model), system=system, stream=False, params=params
+        )
         call, result = await self.gateway.chat(request, CallContext(source=self._source))
-        return Reply(text=result.content, trace_id=call.trace_id, model=request.model,
-                     finish_reason=result.finish_reason, usage=result.usage)
+        return Reply(
+            text=result.content,
+            trace_id=call.trace_id,
+            model=request.model,
+            finish_reason=result.finish_reason,
+            usage=result.usage,
+        )
 
-    async def stream(self, prompt: Messages, *, model: str | None = None,
-                     system: str | None = None, **params: Any) -> AsyncGenerator[str, None]:
+    async def stream(
+        self,
+        prompt: Messages,
+        *,
+        model: str | None = None,
+        system: str | None = None,
+        **params: Any,
+    ) -> AsyncGenerator[str, None]:
         """Yield text as it is generated; the trace is written when the stream ends."""
         await self.gateway.start()
-        request = _request(prompt, model=self._model(model), system=system, stream=True,
-                           params=params)
+        request = _request(
+            prompt, model=self._model(model), system=system, stream=True, params=params
+        )
         call = await self.gateway.prepare(request, CallContext(source=self._source))
         self.last_trace_id = call.trace_id
         chunks = call.stream()
@@ -86,11 +107,13 @@ class AsyncClient:
         finally:
             await chunks.aclose()  # type: ignore[attr-defined]
 
-    async def traces(self, *, limit: int = 20, model: str | None = None,
-                     status: str | None = None) -> list[Trace]:
+    async def traces(
+        self, *, limit: int = 20, model: str | None = None, status: str | None = None
+    ) -> list[Trace]:
         await self.gateway.traces.flush()
-        page = await asyncio.to_thread(self.gateway.trace_store.list,
-                                       TraceFilter(model=model, status=status), limit=limit)
+        page = await asyncio.to_thread(
+            self.gateway.trace_store.list, TraceFilter(model=model, status=status), limit=limit
+        )
         return page.data
 
     async def trace(self, trace_id: str) -> Trace | None:
@@ -118,13 +141,27 @@ class Client:
     def _run(self, coro: Any) -> Any:
         return self._loop.run_until_complete(coro)
 
-    def chat(self, prompt: Messages, *, model: str | None = None, system: str | None = None,
-             **params: Any) -> Reply:
+    def chat(
+        self,
+        prompt: Messages,
+        *,
+        model: str | None = None,
+        system: str | None = None,
+        **params: Any,
+    ) -> Reply:
         return self._run(self._async.chat(prompt, model=model, system=system, **params))  # type: ignore[no-any-return]
 
-    def stream(self, prompt: Messages, *, model: str | None = None, system: str | None = None,
-               **params: Any) -> Iterator[str]:
-        agen: AsyncGenerator[str, None] = self._async.stream(prompt, model=model, system=system, **params)
+    def stream(
+        self,
+        prompt: Messages,
+        *,
+        model: str | None = None,
+        system: str | None = None,
+        **params: Any,
+    ) -> Iterator[str]:
+        agen: AsyncGenerator[str, None] = self._async.stream(
+            prompt, model=model, system=system, **params
+        )
         try:
             while True:
                 try:
@@ -134,8 +171,9 @@ class Client:
         finally:
             self._run(agen.aclose())
 
-    def traces(self, *, limit: int = 20, model: str | None = None,
-               status: str | None = None) -> list[Trace]:
+    def traces(
+        self, *, limit: int = 20, model: str | None = None, status: str | None = None
+    ) -> list[Trace]:
         return self._run(self._async.traces(limit=limit, model=model, status=status))  # type: ignore[no-any-return]
 
     def trace(self, trace_id: str) -> Trace | None:

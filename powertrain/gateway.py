@@ -30,13 +30,20 @@ from powertrain.errors import (
 from powertrain.redact import SecretScrubber
 from powertrain.schemas import ChatChunk, ChatCompletionRequest, ChatResult, EmbeddingResult, Usage
 from powertrain.schemas.embeddings import EmbeddingRequest
-from powertrain.schemas.trace import Attempt, Trace
+from powertrain.schemas.trace import TraceRecord
 from powertrain.store import Database, TraceStore
 from powertrain.tracing import TraceWriter
 
 # Request fields a catalog entry's ``params`` may default.
-_DEFAULTABLE = ("temperature", "top_p", "max_tokens", "stop", "seed", "presence_penalty",
-                "frequency_penalty")
+_DEFAULTABLE = (
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+)
 
 
 @dataclass
@@ -53,7 +60,7 @@ class Call:
     """One call in flight. ``finish`` records its trace exactly once."""
 
     gateway: Gateway
-    trace: Trace
+    trace: TraceRecord
     started: float = field(default_factory=time.perf_counter)
     engine: Engine | None = None
     model: ModelConfig | None = None
@@ -110,10 +117,15 @@ class Call:
                 t.status, t.error_type, t.http_status = "error", type(error).__name__, 500
                 t.error_message = scrub(str(error)) or type(error).__name__
         if self.engine is not None:
-            t.attempts.append(Attempt.model_construct(
-                model=t.model, engine=self.engine.name, status=t.status,
-                latency_ms=t.latency_ms, error=t.error_message,
-            ))
+            t.attempts.append(
+                {
+                    "model": t.model,
+                    "engine": self.engine.name,
+                    "status": t.status,
+                    "latency_ms": t.latency_ms,
+                    "error": t.error_message,
+                }
+            )
         self.gateway.traces.submit(t)
 
     def _usage_of_partial(self, text: str) -> Usage:
@@ -151,13 +163,15 @@ class Call:
         except TimeoutError:
             text = "".join(parts)
             error = UpstreamTimeout(self._deadline_message())
-            self.finish(output=text, usage=self._usage_of_partial(text), usage_estimated=True,
-                        error=error)
+            self.finish(
+                output=text, usage=self._usage_of_partial(text), usage_estimated=True, error=error
+            )
             raise error from None
         except BaseException as exc:
             text = "".join(parts)
-            self.finish(output=text, usage=self._usage_of_partial(text), usage_estimated=True,
-                        error=exc)
+            self.finish(
+                output=text, usage=self._usage_of_partial(text), usage_estimated=True, error=exc
+            )
             raise
         finally:
             await chunks.aclose()  # type: ignore[attr-defined]
@@ -186,14 +200,20 @@ class Call:
             self.finish(error=exc)
             raise
         self.first_token_at = time.perf_counter()
-        self.finish(output=result.content, finish_reason=result.finish_reason,
-                    usage=result.usage, compute_seconds=result.compute_seconds)
+        self.finish(
+            output=result.content,
+            finish_reason=result.finish_reason,
+            usage=result.usage,
+            compute_seconds=result.compute_seconds,
+        )
         return result
 
     def _deadline_message(self) -> str:
         timeout = self.gateway.config.settings.request_timeout
-        return (f"model {self.trace.model!r} did not answer within the {timeout:g} s deadline "
-                "(setting request_timeout)")
+        return (
+            f"model {self.trace.model!r} did not answer within the {timeout:g} s deadline "
+            "(setting request_timeout)"
+        )
 
 
 class Gateway:
@@ -202,6 +222,7 @@ class Gateway:
     def __init__(self, config: Config, *, database: Database | None = None):
         self.config = config
         settings = config.settings
+        self._owns_database = database is None
         self.database = database or Database(settings.resolved_database_url)
         self.trace_store = TraceStore(self.database)
         self.scrubber = SecretScrubber(config.secrets())
@@ -224,6 +245,9 @@ class Gateway:
     async def aclose(self) -> None:
         await self.engines.aclose()
         await self.traces.aclose()
+        if self._owns_database:
+            # Close pooled connections now (after the last trace is written), not at exit.
+            self.database.dispose()
         self._started = False
 
     async def __aenter__(self) -> Gateway:
@@ -237,11 +261,21 @@ class Gateway:
     async def prepare(self, request: ChatCompletionRequest, ctx: CallContext | None = None) -> Call:
         """Resolve and check a request; any refusal here is traced and raised."""
         ctx = ctx or CallContext()
-        raw = ctx.raw_request if ctx.raw_request is not None else request.model_dump(
-            exclude_none=True)
-        call = Call(self, Trace.begin(
-            model=request.model, request=raw, stream=request.stream,
-            api_key_id=ctx.api_key_id, metadata={"source": ctx.source}))
+        raw = (
+            ctx.raw_request
+            if ctx.raw_request is not None
+            else request.model_dump(exclude_none=True)
+        )
+        call = Call(
+            self,
+            TraceRecord(
+                model=request.model,
+                request=raw,
+                stream=request.stream,
+                api_key_id=ctx.api_key_id,
+                metadata={"source": ctx.source},
+            ),
+        )
         try:
             ref = ModelRef.parse(request.model)
             if ref.kind == "task":
@@ -258,16 +292,24 @@ class Gateway:
             raise
         return call
 
-    async def chat(self, request: ChatCompletionRequest, ctx: CallContext | None = None,
-                   ) -> tuple[Call, ChatResult]:
+    async def chat(
+        self,
+        request: ChatCompletionRequest,
+        ctx: CallContext | None = None,
+    ) -> tuple[Call, ChatResult]:
         call = await self.prepare(request, ctx)
         return call, await call.result()
 
-    def _with_defaults(self, request: ChatCompletionRequest, model: ModelConfig) -> ChatCompletionRequest:
+    def _with_defaults(
+        self, request: ChatCompletionRequest, model: ModelConfig
+    ) -> ChatCompletionRequest:
         if not model.params:
             return request
-        updates = {k: model.params[k] for k in _DEFAULTABLE
-                   if k in model.params and getattr(request, k) is None}
+        updates = {
+            k: model.params[k]
+            for k in _DEFAULTABLE
+            if k in model.params and getattr(request, k) is None
+        }
         return request.model_copy(update=updates) if updates else request
 
     def _check(self, request: ChatCompletionRequest, engine: Engine) -> None:
@@ -275,7 +317,9 @@ class Gateway:
         if len(request.messages) > limit:
             raise InvalidRequest(
                 f"{len(request.messages)} messages is over the limit of {limit} "
-                "(setting max_messages)", param="messages")
+                "(setting max_messages)",
+                param="messages",
+            )
         engine.check_supported(request)
         window = engine.context_window
         if not window:
@@ -286,27 +330,42 @@ class Gateway:
             raise ContextWindowExceeded(
                 f"the prompt is {prompt} tokens but model {alias!r} has a context window of "
                 f"{window} tokens; shorten the messages or choose a model with a larger window",
-                param="messages")
+                param="messages",
+            )
         wanted = request.max_output_tokens
         if wanted is not None and prompt + wanted > window:
             raise ContextWindowExceeded(
                 f"the prompt ({prompt} tokens) plus max_tokens ({wanted}) is {prompt + wanted} "
                 f"tokens, over model {alias!r}'s context window of {window} tokens; "
-                "lower max_tokens or shorten the messages", param="max_tokens")
+                "lower max_tokens or shorten the messages",
+                param="max_tokens",
+            )
 
     # -- embeddings -----------------------------------------------------------
-    async def embed(self, request: EmbeddingRequest, ctx: CallContext | None = None) -> tuple[Trace, EmbeddingResult]:
+    async def embed(
+        self,
+        request: EmbeddingRequest,
+        ctx: CallContext | None = None,
+    ) -> tuple[TraceRecord, EmbeddingResult]:
         ctx = ctx or CallContext()
-        call = Call(self, Trace(model=request.model, request=ctx.raw_request or request.model_dump(
-            exclude_none=True), api_key_id=ctx.api_key_id,
-            metadata={"source": ctx.source, "kind": "embeddings"}))
+        call = Call(
+            self,
+            TraceRecord(
+                model=request.model,
+                request=ctx.raw_request or request.model_dump(exclude_none=True),
+                api_key_id=ctx.api_key_id,
+                metadata={"source": ctx.source, "kind": "embeddings"},
+            ),
+        )
         try:
             call.model = self.config.catalog.get(request.model)
             call.trace.engine = call.model.engine
             call.engine = await self.engines.get(request.model)
             timeout = self.config.settings.request_timeout
             async with asyncio.timeout(timeout):
-                result = await call.engine.embed(request.inputs, deadline=time.monotonic() + timeout)
+                result = await call.engine.embed(
+                    request.inputs, deadline=time.monotonic() + timeout
+                )
         except BaseException as exc:
             call.finish(error=exc)
             raise

@@ -55,10 +55,13 @@ def write_config(directory: Path, text: str) -> Path:
     return path
 
 
-def openai_model_toml(alias: str, base_url: str, *, api_key: str = "sk-test",
-                      extra: str = "") -> str:
-    return (f'[models.{alias}]\nengine = "openai"\nmodel = "{alias}-upstream"\n'
-            f'base_url = "{base_url}"\napi_key = "{api_key}"\n{extra}\n')
+def openai_model_toml(
+    alias: str, base_url: str, *, api_key: str = "sk-test", extra: str = ""
+) -> str:
+    return (
+        f'[models.{alias}]\nengine = "openai"\nmodel = "{alias}-upstream"\n'
+        f'base_url = "{base_url}"\napi_key = "{api_key}"\n{extra}\n'
+    )
 
 
 def free_port() -> int:
@@ -72,8 +75,11 @@ async def running_app(config: Config) -> AsyncIterator[str]:
     """The real app under uvicorn on a free loopback port, in this event loop."""
     app = create_app(config)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="on", loop="asyncio"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", loop="asyncio"
+        )
+    )
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():
@@ -103,15 +109,20 @@ class ServerProcess:
         return self.proc.wait(timeout=timeout)
 
 
-def start_server(cwd: Path, *args: str, env: dict[str, str] | None = None,
-                 timeout: float = 60) -> ServerProcess:
+def start_server(
+    cwd: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> ServerProcess:
     port = free_port()
     log_path = cwd / f"server-{port}.log"
     full_env = {**os.environ, **(env or {})}
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "powertrain.cli", "serve", "--port", str(port), *args],
-            cwd=cwd, env=full_env, stdout=log_file, stderr=subprocess.STDOUT)
+            cwd=cwd,
+            env=full_env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -155,9 +166,10 @@ def postgres_server_url() -> Iterator[str]:
         yield make_url(base).set(database=name).render_as_string(hide_password=False)
     finally:
         with admin.connect() as conn:
-            conn.execute(text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
-                {"n": name})
+            conn.execute(
+                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
+                {"n": name},
+            )
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
         admin.dispose()
 

@@ -58,8 +58,11 @@ def test_every_route_declares_a_policy(tmp_path: Path) -> None:
 
 
 def _sample_path(path: str) -> str:
-    return path.replace("{trace_id}", "tr_x").replace("{model_id:path}", "smollm2").replace(
-        "{name}", "swagger-ui.css")
+    return (
+        path.replace("{trace_id}", "tr_x")
+        .replace("{model_id:path}", "smollm2")
+        .replace("{name}", "swagger-ui.css")
+    )
 
 
 async def test_hostile_keys_are_refused_on_every_route(tmp_path: Path) -> None:
@@ -71,8 +74,12 @@ async def test_hostile_keys_are_refused_on_every_route(tmp_path: Path) -> None:
             for value in HOSTILE_VALUES:
                 # Send the raw bytes a hostile client would, unicode included.
                 header = ("Bearer " + value).encode("utf-8").decode("latin-1")
-                async with http.request(method, url + path, headers={"Authorization": header},
-                                        json={"model": "smollm2", "messages": []}) as resp:
+                async with http.request(
+                    method,
+                    url + path,
+                    headers={"Authorization": header},
+                    json={"model": "smollm2", "messages": []},
+                ) as resp:
                     body = await resp.json(content_type=None)
                     assert resp.status in (401, 431), (method, path, value[:30])
                     if resp.status == 401:
@@ -80,8 +87,10 @@ async def test_hostile_keys_are_refused_on_every_route(tmp_path: Path) -> None:
             async with http.request(method, url + path) as resp:
                 assert resp.status == 401, (method, path)
         # The real key passes; a public route needs none.
-        async with http.get(url + "/api/traces", headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-                            ) as resp:
+        async with http.get(
+            url + "/api/traces",
+            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        ) as resp:
             assert resp.status == 200
         async with http.get(url + "/healthz") as resp:
             assert resp.status == 200

@@ -13,10 +13,16 @@ import pytest
 from tests.conftest import write_config
 
 
-def cli(*args: str, stdin: str | None = None, check: bool = True,
-        timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([sys.executable, "-m", "powertrain.cli", *args], input=stdin,
-                            capture_output=True, text=True, timeout=timeout)
+def cli(
+    *args: str, stdin: str | None = None, check: bool = True, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "powertrain.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"exit {result.returncode}\n{result.stdout}\n{result.stderr}")
     return result
@@ -29,8 +35,11 @@ def test_help_lists_the_commands() -> None:
 
 
 def test_models_table_and_json(tmp_path: Path) -> None:
-    write_config(tmp_path, '[models.gpt]\nengine = "openai"\nmodel = "gpt-4o-mini"\n'
-                 "price_input = 0.15\nprice_output = 0.6\ncontext_window = 128000\n")
+    write_config(
+        tmp_path,
+        '[models.gpt]\nengine = "openai"\nmodel = "gpt-4o-mini"\n'
+        "price_input = 0.15\nprice_output = 0.6\ncontext_window = 128000\n",
+    )
     models = {m["alias"]: m for m in json.loads(cli("models", "--json").stdout)}
     assert models["smollm2"]["engine"] == "llamacpp"
     assert models["gpt"]["price_output"] == 0.6 and models["gpt"]["context_window"] == 128000
@@ -57,15 +66,17 @@ def test_run_streams_an_answer_and_records_a_trace() -> None:
 
 @pytest.mark.model
 def test_run_json_and_stdin() -> None:
-    out = json.loads(cli("run", "--json", "-t", "0", "--max-tokens", "8",
-                         stdin="Say hello.").stdout)
+    out = json.loads(
+        cli("run", "--json", "-t", "0", "--max-tokens", "8", stdin="Say hello.").stdout
+    )
     assert out["text"] and out["trace_id"].startswith("tr_") and out["usage"]["total_tokens"] > 0
 
 
 @pytest.mark.model
 def test_chat_keeps_history() -> None:
-    result = cli("chat", "-t", "0", "--max-tokens", "12",
-                 stdin="My name is Ada.\nWhat is my name?\n/exit\n")
+    result = cli(
+        "chat", "-t", "0", "--max-tokens", "12", stdin="My name is Ada.\nWhat is my name?\n/exit\n"
+    )
     assert result.returncode == 0
     traces: list[dict[str, Any]] = json.loads(cli("logs", "--json", "-n", "2").stdout)
     second = traces[0]["request"]["messages"]
@@ -73,10 +84,13 @@ def test_chat_keeps_history() -> None:
     assert second[0]["content"] == "My name is Ada."
 
 
-@pytest.mark.parametrize(("args", "expected"), [
-    (["run", "hi", "-m", "nope"], "model 'nope' is not in the catalog"),
-    (["logs", "show", "tr_missing"], "no trace with id"),
-])
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["run", "hi", "-m", "nope"], "model 'nope' is not in the catalog"),
+        (["logs", "show", "tr_missing"], "no trace with id"),
+    ],
+)
 def test_errors_are_one_actionable_line(args: list[str], expected: str) -> None:
     result = cli(*args, check=False)
     assert result.returncode == 1

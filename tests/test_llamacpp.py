@@ -19,7 +19,8 @@ pytestmark = pytest.mark.model
 
 def _request(text: str, **params: object) -> ChatCompletionRequest:
     return ChatCompletionRequest.model_validate(
-        {"model": "smollm2", "messages": [{"role": "user", "content": text}], **params})
+        {"model": "smollm2", "messages": [{"role": "user", "content": text}], **params}
+    )
 
 
 @pytest.fixture

@@ -40,7 +40,8 @@ QUESTION = [{"role": "user", "content": "What is 2+2? Answer briefly."}]
 
 def test_chat_non_streaming_and_its_trace(server: ServerProcess, client: openai.OpenAI) -> None:
     raw = client.chat.completions.with_raw_response.create(
-        model="smollm2", messages=QUESTION, temperature=0, max_tokens=24, seed=1)  # type: ignore[arg-type]
+        model="smollm2", messages=QUESTION, temperature=0, max_tokens=24, seed=1
+    )  # type: ignore[arg-type]
     completion = raw.parse()
     text = completion.choices[0].message.content
     assert text and "4" in text
@@ -64,7 +65,11 @@ def test_chat_non_streaming_and_its_trace(server: ServerProcess, client: openai.
 
 def test_chat_streaming_and_its_trace(server: ServerProcess, client: openai.OpenAI) -> None:
     with client.chat.completions.with_streaming_response.create(
-        model="smollm2", messages=QUESTION, temperature=0, max_tokens=24, stream=True,
+        model="smollm2",
+        messages=QUESTION,
+        temperature=0,
+        max_tokens=24,
+        stream=True,
         stream_options={"include_usage": True},  # type: ignore[arg-type]
     ) as response:
         trace_id = response.headers["x-powertrain-trace-id"]
@@ -72,7 +77,9 @@ def test_chat_streaming_and_its_trace(server: ServerProcess, client: openai.Open
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert "4" in text
     assert chunks[0].choices[0].delta.role == "assistant"
-    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    finishes = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
     assert finishes in (["stop"], ["length"])
     usage = chunks[-1].usage
     assert usage is not None and usage.completion_tokens > 0
@@ -91,10 +98,11 @@ def test_json_schema_output_is_valid(client: openai.OpenAI) -> None:
         "additionalProperties": False,
     }
     completion = client.chat.completions.create(
-        model="smollm2", temperature=0, max_tokens=60,
+        model="smollm2",
+        temperature=0,
+        max_tokens=60,
         messages=[{"role": "user", "content": "Describe Paris as JSON."}],
-        response_format={"type": "json_schema",
-                         "json_schema": {"name": "city", "schema": schema}},
+        response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": schema}},
     )
     value = json.loads(completion.choices[0].message.content or "")
     assert set(value) == {"city", "population"}
@@ -103,7 +111,9 @@ def test_json_schema_output_is_valid(client: openai.OpenAI) -> None:
 
 def test_json_object_output_parses(client: openai.OpenAI) -> None:
     completion = client.chat.completions.create(
-        model="smollm2", temperature=0, max_tokens=40,
+        model="smollm2",
+        temperature=0,
+        max_tokens=40,
         messages=[{"role": "user", "content": "Give me a JSON object with a key 'color'."}],
         response_format={"type": "json_object"},
     )
@@ -126,14 +136,18 @@ def test_errors_use_the_openai_shape(server: ServerProcess, client: openai.OpenA
 
     with pytest.raises(openai.BadRequestError) as too_long:
         client.chat.completions.create(
-            model="smollm2", messages=[{"role": "user", "content": "word " * 9000}])
+            model="smollm2", messages=[{"role": "user", "content": "word " * 9000}]
+        )
     message = too_long.value.message
     assert "8192" in message and "context window" in message
     assert too_long.value.code == "context_length_exceeded"
 
     with pytest.raises(openai.BadRequestError) as unknown:
-        client.chat.completions.create(model="smollm2", messages=QUESTION,  # type: ignore[arg-type]
-                                       extra_body={"frobnicate": True})
+        client.chat.completions.create(
+            model="smollm2",
+            messages=QUESTION,  # type: ignore[arg-type]
+            extra_body={"frobnicate": True},
+        )
     assert "frobnicate" in unknown.value.message
 
     with pytest.raises(openai.BadRequestError) as bad_temp:

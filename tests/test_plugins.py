@@ -27,14 +27,24 @@ class EchoEngine(Engine):
     def count_tokens(self, request: ChatCompletionRequest) -> int:
         return estimate_tokens(prompt_text(request))
 
-    async def chat(self, request: ChatCompletionRequest, *, deadline: float | None = None,
-                   ) -> ChatResult:
+    async def chat(
+        self,
+        request: ChatCompletionRequest,
+        *,
+        deadline: float | None = None,
+    ) -> ChatResult:
         text = self._answer(request)
-        return ChatResult(content=text, usage=Usage(prompt_tokens=self.count_tokens(request),
-                                                    completion_tokens=len(text)))
+        return ChatResult(
+            content=text,
+            usage=Usage(prompt_tokens=self.count_tokens(request), completion_tokens=len(text)),
+        )
 
-    async def stream(self, request: ChatCompletionRequest, *, deadline: float | None = None,
-                     ) -> AsyncIterator[ChatChunk]:
+    async def stream(
+        self,
+        request: ChatCompletionRequest,
+        *,
+        deadline: float | None = None,
+    ) -> AsyncIterator[ChatChunk]:
         for char in self._answer(request):
             yield ChatChunk(delta=char)
         yield ChatChunk(finish_reason="stop", usage=Usage(prompt_tokens=1, completion_tokens=1))
@@ -72,10 +82,12 @@ async def test_a_plugin_engine_is_served_like_a_builtin(tmp_path: Any) -> None:
     async with running_app(config) as url:
         async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="x") as client:
             reply = await client.chat.completions.create(
-                model="echo", messages=[{"role": "user", "content": "abc"}])
+                model="echo", messages=[{"role": "user", "content": "abc"}]
+            )
             assert reply.choices[0].message.content == "cba"
             stream = await client.chat.completions.create(
-                model="echo", messages=[{"role": "user", "content": "xyz"}], stream=True)
+                model="echo", messages=[{"role": "user", "content": "xyz"}], stream=True
+            )
             assert "".join([c.choices[0].delta.content or "" async for c in stream]) == "zyx"
 
 
@@ -85,5 +97,6 @@ async def test_unknown_engine_is_a_clear_error(tmp_path: Any) -> None:
         async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0) as client:
             with pytest.raises(openai.InternalServerError) as info:
                 await client.chat.completions.create(
-                    model="ghost", messages=[{"role": "user", "content": "hi"}])
+                    model="ghost", messages=[{"role": "user", "content": "hi"}]
+                )
     assert "nonexistent" in info.value.message and "known:" in info.value.message

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from powertrain.schemas.trace import Attempt, Trace
+from powertrain.schemas.trace import TraceRecord
 from powertrain.store import Database, TraceFilter, TraceStore
 from powertrain.store.migrate import current_revision, head_revision
 
@@ -22,9 +22,9 @@ def store(database_url: str) -> Iterator[TraceStore]:
     db.dispose()
 
 
-def _trace(model: str, **fields: object) -> Trace:
+def _trace(model: str, **fields: object) -> TraceRecord:
     fields.setdefault("request", {"messages": [{"role": "user", "content": "hi"}]})
-    return Trace(model=model, **fields)  # type: ignore[arg-type]
+    return TraceRecord(model=model, **fields)  # type: ignore[arg-type]
 
 
 def test_migrations_reach_head_and_are_idempotent(database_url: str) -> None:
@@ -34,21 +34,29 @@ def test_migrations_reach_head_and_are_idempotent(database_url: str) -> None:
     inspector = sa.inspect(db.engine)
     assert "traces" in inspector.get_table_names()
     assert {"ix_traces_created_at", "ix_traces_model_created_at"} <= {
-        ix["name"] for ix in inspector.get_indexes("traces")}
+        ix["name"] for ix in inspector.get_indexes("traces")
+    }
     db.dispose()
 
 
 def test_insert_is_idempotent_and_round_trips(store: TraceStore) -> None:
     model = f"m-{uuid.uuid4().hex[:8]}"
-    trace = _trace(model, output="héllo ✓", prompt_tokens=3, completion_tokens=2,
-                   attempts=[Attempt(model=model, engine="openai", status="ok", latency_ms=1.5)],
-                   metadata={"source": "test", "nested": {"k": [1, 2]}})
+    trace = _trace(
+        model,
+        output="héllo ✓",
+        prompt_tokens=3,
+        completion_tokens=2,
+        attempts=[
+            {"model": model, "engine": "openai", "status": "ok", "latency_ms": 1.5, "error": None}
+        ],
+        metadata={"source": "test", "nested": {"k": [1, 2]}},
+    )
     store.insert_many([trace])
     store.insert_many([trace, trace])  # a retried batch must not duplicate
     assert store.count(TraceFilter(model=model)) == 1
     loaded = store.get(trace.id)
     assert loaded is not None
-    assert loaded.model_dump() == trace.model_dump()
+    assert loaded == trace.to_trace()
     assert loaded.created_at.tzinfo is not None
 
 
@@ -75,8 +83,9 @@ def test_list_filters_and_paginates_newest_first(store: TraceStore) -> None:
     errors = store.list(TraceFilter(model=model, status="error"), limit=100).data
     assert {t.id for t in errors} == {t.id for t in traces if t.status == "error"}
 
-    recent = store.list(TraceFilter(model=model, since=now - timedelta(minutes=4, seconds=30)),
-                        limit=100).data
+    recent = store.list(
+        TraceFilter(model=model, since=now - timedelta(minutes=4, seconds=30)), limit=100
+    ).data
     assert len(recent) == 5
 
 
@@ -105,8 +114,11 @@ def test_sqlite_uses_wal(tmp_path: Path) -> None:
 
 
 def test_nul_bytes_in_a_trace_are_stored(store: TraceStore) -> None:
-    trace = _trace(f"m-{uuid.uuid4().hex[:8]}", output="a\x00b",
-                   request={"messages": [{"role": "user", "content": "x\x00y"}]})
+    trace = _trace(
+        f"m-{uuid.uuid4().hex[:8]}",
+        output="a\x00b",
+        request={"messages": [{"role": "user", "content": "x\x00y"}]},
+    )
     store.insert_many([trace])
     loaded = store.get(trace.id)
     assert loaded is not None and loaded.output in ("a\x00b", "a\ufffdb")

@@ -19,6 +19,12 @@ def main() -> None:
     """
 
 
-for command in (serve.serve, generate.run, generate.chat, models.models, models.settings,
-                logs.logs):
+for command in (
+    serve.serve,
+    generate.run,
+    generate.chat,
+    models.models,
+    models.settings,
+    logs.logs,
+):
     main.add_command(command)

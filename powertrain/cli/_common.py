@@ -23,7 +23,10 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 def config_option(fn: F) -> F:
     return click.option(
-        "--config", "config_path", type=click.Path(dir_okay=False), default=None,
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        default=None,
         help="powertrain.toml to use (default: ./powertrain.toml, or $POWERTRAIN_CONFIG).",
     )(fn)
 

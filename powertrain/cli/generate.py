@@ -41,8 +41,15 @@ def generation_options(fn: Any) -> Any:
 @generation_options
 @json_option
 @friendly_errors
-def run(prompt: str | None, model: str | None, system: str | None, temperature: float | None,
-        max_tokens: int | None, config_path: str | None, as_json: bool) -> None:
+def run(
+    prompt: str | None,
+    model: str | None,
+    system: str | None,
+    temperature: float | None,
+    max_tokens: int | None,
+    config_path: str | None,
+    as_json: bool,
+) -> None:
     """Stream one answer to PROMPT (or stdin). The call is traced like any other."""
     if prompt is None:
         if sys.stdin.isatty():
@@ -51,13 +58,26 @@ def run(prompt: str | None, model: str | None, system: str | None, temperature: 
     asyncio.run(_run(prompt, model, system, _params(temperature, max_tokens), config_path, as_json))
 
 
-async def _run(prompt: str, model: str | None, system: str | None, params: dict[str, Any],
-               config_path: str | None, as_json: bool) -> None:
+async def _run(
+    prompt: str,
+    model: str | None,
+    system: str | None,
+    params: dict[str, Any],
+    config_path: str | None,
+    as_json: bool,
+) -> None:
     async with AsyncClient(load(config_path), source="cli") as client:
         if as_json:
             reply = await client.chat(prompt, model=model, system=system, **params)
-            print_json({"text": reply.text, "trace_id": reply.trace_id, "model": reply.model,
-                        "finish_reason": reply.finish_reason, "usage": reply.usage.to_openai()})
+            print_json(
+                {
+                    "text": reply.text,
+                    "trace_id": reply.trace_id,
+                    "model": reply.model,
+                    "finish_reason": reply.finish_reason,
+                    "usage": reply.usage.to_openai(),
+                }
+            )
             return
         async for piece in client.stream(prompt, model=model, system=system, **params):
             sys.stdout.write(piece)
@@ -69,8 +89,13 @@ async def _run(prompt: str, model: str | None, system: str | None, params: dict[
 @click.command()
 @generation_options
 @friendly_errors
-def chat(model: str | None, system: str | None, temperature: float | None,
-         max_tokens: int | None, config_path: str | None) -> None:
+def chat(
+    model: str | None,
+    system: str | None,
+    temperature: float | None,
+    max_tokens: int | None,
+    config_path: str | None,
+) -> None:
     """Chat interactively, keeping the conversation as history.
 
     Type /reset to forget the history, /exit (or Ctrl-D) to leave.
@@ -78,8 +103,9 @@ def chat(model: str | None, system: str | None, temperature: float | None,
     asyncio.run(_chat(model, system, _params(temperature, max_tokens), config_path))
 
 
-async def _chat(model: str | None, system: str | None, params: dict[str, Any],
-                config_path: str | None) -> None:
+async def _chat(
+    model: str | None, system: str | None, params: dict[str, Any], config_path: str | None
+) -> None:
     async with AsyncClient(load(config_path), source="cli") as client:
         name = model or client.config.settings.default_model
         err_console.print(f"[bold]powertrain chat[/bold] with {name} — /reset, /exit")

@@ -22,16 +22,28 @@ def _store(config_path: str | None) -> TraceStore:
 
 
 @click.group(invoke_without_command=True)
-@click.option("-n", "count", type=click.IntRange(1, 10_000), default=20, show_default=True,
-              help="How many traces.")
+@click.option(
+    "-n",
+    "count",
+    type=click.IntRange(1, 10_000),
+    default=20,
+    show_default=True,
+    help="How many traces.",
+)
 @click.option("-m", "--model", default=None, help="Only this model.")
 @click.option("--status", type=click.Choice(["ok", "error", "cancelled"]), default=None)
 @config_option
 @json_option
 @click.pass_context
 @friendly_errors
-def logs(ctx: click.Context, count: int, model: str | None, status: str | None,
-         config_path: str | None, as_json: bool) -> None:
+def logs(
+    ctx: click.Context,
+    count: int,
+    model: str | None,
+    status: str | None,
+    config_path: str | None,
+    as_json: bool,
+) -> None:
     """Recent traces, newest first. `powertrain logs show ID` prints one in full."""
     if ctx.invoked_subcommand is not None:
         return
@@ -46,9 +58,12 @@ def logs(ctx: click.Context, count: int, model: str | None, status: str | None,
     table.add_column("output", overflow="ellipsis", no_wrap=True, ratio=1)
     for t in page.data:
         table.add_row(
-            t.id, t.created_at.strftime("%H:%M:%S"), t.model,
+            t.id,
+            t.created_at.strftime("%H:%M:%S"),
+            t.model,
             t.status if t.status == "ok" else f"[red]{t.status}[/red]",
-            f"{t.prompt_tokens}/{t.completion_tokens}", f"{t.latency_ms:.0f} ms",
+            f"{t.prompt_tokens}/{t.completion_tokens}",
+            f"{t.latency_ms:.0f} ms",
             f"{t.ttft_ms:.0f} ms" if t.ttft_ms is not None else "",
             (t.output or t.error_message or "").replace("\n", " ")[:80],
         )

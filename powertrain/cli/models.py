@@ -31,8 +31,14 @@ def models(config_path: str | None, as_json: bool) -> None:
     for column in ("alias", "engine", "model", "context", "$ in /1M", "$ out /1M"):
         table.add_column(column, justify="right" if column.startswith("$") else "left")
     for m in catalog:
-        table.add_row(m.alias, m.engine, m.model or "(bundled SmolLM2-135M-Instruct)",
-                      str(m.context_window or "?"), f"{m.price_input:g}", f"{m.price_output:g}")
+        table.add_row(
+            m.alias,
+            m.engine,
+            m.model or "(bundled SmolLM2-135M-Instruct)",
+            str(m.context_window or "?"),
+            f"{m.price_input:g}",
+            f"{m.price_output:g}",
+        )
     console.print(table)
 
 
@@ -48,8 +54,14 @@ def settings(config_path: str | None, as_json: bool) -> None:
         value = getattr(current, name)
         if name == "admin_key" and value:
             value = "(set)"  # never print a secret
-        rows.append({"name": name, "value": None if value is None else str(value),
-                     "default": None if default is None else str(default), "help": help_text})
+        rows.append(
+            {
+                "name": name,
+                "value": None if value is None else str(value),
+                "default": None if default is None else str(default),
+                "help": help_text,
+            }
+        )
     if as_json:
         print_json(rows)
         return

@@ -24,15 +24,32 @@ def _is_loopback(host: str) -> bool:
 @click.option("--host", default=None, help="Address to bind (default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port to bind (default 8080).")
 @config_option
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
-@click.option("--access-log/--no-access-log", default=False, show_default=True,
-              help="Log every request line (costs throughput).")
-@click.option("--allow-no-auth", is_flag=True,
-              help="Allow binding a non-loopback address without POWERTRAIN_ADMIN_KEY.")
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+)
+@click.option(
+    "--access-log/--no-access-log",
+    default=False,
+    show_default=True,
+    help="Log every request line (costs throughput).",
+)
+@click.option(
+    "--allow-no-auth",
+    is_flag=True,
+    help="Allow binding a non-loopback address without POWERTRAIN_ADMIN_KEY.",
+)
 @friendly_errors
-def serve(host: str | None, port: int | None, config_path: str | None, log_level: str,
-          access_log: bool, allow_no_auth: bool) -> None:
+def serve(
+    host: str | None,
+    port: int | None,
+    config_path: str | None,
+    log_level: str,
+    access_log: bool,
+    allow_no_auth: bool,
+) -> None:
     """Start the OpenAI-compatible server (POST /v1/chat/completions, docs at /docs)."""
     from powertrain.server import create_app
     from powertrain.server.runner import serve as run_server
@@ -44,12 +61,20 @@ def serve(host: str | None, port: int | None, config_path: str | None, log_level
     if not _is_loopback(host) and not settings.admin_key and not allow_no_auth:
         raise ConfigError(
             f"refusing to serve on {host} without authentication: set POWERTRAIN_ADMIN_KEY, "
-            "or pass --allow-no-auth if this network is trusted")
+            "or pass --allow-no-auth if this network is trusted"
+        )
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     app = create_app(config)
     where = config.path or "no powertrain.toml (defaults)"
     err_console.print(
         f"powertrain on http://{host}:{port}  store={app.gateway.database.describe()}  "
-        f"config={where}  auth={'on' if settings.admin_key else 'off'}")
-    run_server(app, host=host, port=port, log_level=log_level, access_log=access_log,
-               graceful_seconds=settings.shutdown_grace)
+        f"config={where}  auth={'on' if settings.admin_key else 'off'}"
+    )
+    run_server(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=access_log,
+        graceful_seconds=settings.shutdown_grace,
+    )

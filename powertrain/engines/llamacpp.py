@@ -35,8 +35,9 @@ LOCAL_SAMPLING_DEFAULTS: dict[str, float] = {"temperature": 0.8, "top_p": 0.95}
 class LoadedModel:
     """One copy of a GGUF in memory, with its tokenizer, chat template and worker."""
 
-    def __init__(self, path: Path, *, n_ctx: int, n_threads: int, queue_size: int,
-                 lora_path: str | None):
+    def __init__(
+        self, path: Path, *, n_ctx: int, n_threads: int, queue_size: int, lora_path: str | None
+    ):
         try:
             from llama_cpp import Llama
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -66,10 +67,9 @@ class LoadedModel:
         )
         self.worker = LocalWorker(path.stem, queue_size)
         self.users = 0
-
-    @property
-    def n_ctx(self) -> int:
-        return int(self.llm.n_ctx())
+        # llama.cpp pads its context up to a multiple of 256, but llama-cpp-python sizes
+        # its token buffers to the number asked for: that number is the real window.
+        self.n_ctx = min(int(self.llm.n_ctx()), n_ctx)
 
     def prompt_tokens(self, request: ChatCompletionRequest) -> list[int]:
         messages = [_template_message(m.role, m.text()) for m in request.messages]
@@ -96,8 +96,9 @@ def _acquire(key: tuple[Any, ...]) -> LoadedModel:
         model = _loaded.get(key)
         if model is None:
             path, n_ctx, n_threads, queue_size, lora = key
-            model = LoadedModel(path, n_ctx=n_ctx, n_threads=n_threads,
-                                queue_size=queue_size, lora_path=lora)
+            model = LoadedModel(
+                path, n_ctx=n_ctx, n_threads=n_threads, queue_size=queue_size, lora_path=lora
+            )
             _loaded[key] = model
         model.users += 1
         return model
@@ -222,7 +223,9 @@ class LlamaCppEngine(Engine):
             "temperature": request.temperature
             if request.temperature is not None
             else LOCAL_SAMPLING_DEFAULTS["temperature"],
-            "top_p": request.top_p if request.top_p is not None else LOCAL_SAMPLING_DEFAULTS["top_p"],
+            "top_p": request.top_p
+            if request.top_p is not None
+            else LOCAL_SAMPLING_DEFAULTS["top_p"],
             "seed": request.seed,
             "presence_penalty": request.presence_penalty or 0.0,
             "frequency_penalty": request.frequency_penalty or 0.0,
@@ -231,7 +234,9 @@ class LlamaCppEngine(Engine):
             try:
                 kwargs["logit_bias"] = {int(k): v for k, v in request.logit_bias.items()}
             except ValueError:
-                raise InvalidRequest("logit_bias keys must be token ids", param="logit_bias") from None
+                raise InvalidRequest(
+                    "logit_bias keys must be token ids", param="logit_bias"
+                ) from None
         schema = request.json_schema
         if schema is not None:
             kwargs["grammar"] = _grammar(json.dumps(schema, sort_keys=True))

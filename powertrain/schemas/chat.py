@@ -32,6 +32,7 @@ UPSTREAM_STEERING_FIELDS = frozenset(
     }
 )
 
+
 def refuse_upstream_steering(data: Any) -> Any:
     """A ``mode="before"`` validator body shared by every request shape."""
     if isinstance(data, dict):
@@ -184,7 +185,9 @@ class ChatResult(BaseModel):
     upstream_id: str | None = None
     compute_seconds: float | None = None  # local engines: time the model spent working
 
-    def to_openai(self, *, completion_id: str, model: str, created: int | None = None) -> dict[str, Any]:
+    def to_openai(
+        self, *, completion_id: str, model: str, created: int | None = None
+    ) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": self.content}
         if self.tool_calls:
             message["tool_calls"] = self.tool_calls
@@ -194,7 +197,12 @@ class ChatResult(BaseModel):
             "created": created or int(time.time()),
             "model": model,
             "choices": [
-                {"index": 0, "message": message, "finish_reason": self.finish_reason, "logprobs": None}
+                {
+                    "index": 0,
+                    "message": message,
+                    "finish_reason": self.finish_reason,
+                    "logprobs": None,
+                }
             ],
             "usage": self.usage.to_openai(),
         }

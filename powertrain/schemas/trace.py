@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -74,20 +75,60 @@ class Trace(BaseModel):
     attempts: list[Attempt] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict)
 
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(slots=True)
+class TraceRecord:
+    """A trace while it is being made and written: a plain object, cheap on the hot path.
+
+    Each call fills one of these (a pydantic model costs microseconds per attribute
+    set, and a call sets a dozen); ``Trace`` is the validated shape read back and
+    served by the API.
+    """
+
+    model: str
+    request: dict[str, Any]
+    id: str = field(default_factory=new_trace_id)
+    created_at: datetime = field(default_factory=_now)
+    engine: str | None = None
+    task: str | None = None
+    variant: str | None = None
+    api_key_id: str | None = None
+    status: TraceStatus = "ok"
+    stream: bool = False
+    output: str | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    compute_seconds: float | None = None
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    http_status: int | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in TRACE_FIELDS}
+
+    def to_trace(self) -> Trace:
+        return Trace.model_validate(self.as_dict())
+
     @classmethod
-    def begin(cls, *, model: str, request: dict[str, Any], stream: bool = False,
-              api_key_id: str | None = None, metadata: dict[str, Any] | None = None) -> Trace:
-        """A new trace on the hot path: already-valid values, no validation pass.
+    def from_trace(cls, trace: Trace) -> TraceRecord:
+        values = dict(trace.__dict__)
+        values["attempts"] = [a.model_dump() for a in trace.attempts]
+        return cls(**values)
 
-        Every default-factory field is given explicitly; pydantic would otherwise
-        inspect each factory's signature on every construction.
-        """
-        return cls.model_construct(
-            id=new_trace_id(), created_at=datetime.now(UTC), model=model, request=request,
-            stream=stream, api_key_id=api_key_id, attempts=[], metadata=metadata or {})
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TraceRecord:
+        """From the JSON written to a spill file (validated on the way back in)."""
+        return cls.from_trace(Trace.model_validate(data))
 
-    def to_row(self) -> dict[str, Any]:
-        """The values of the traces table, without pydantic's (slower) generic dump."""
-        row = dict(self.__dict__)
-        row["attempts"] = [dict(a.__dict__) for a in self.attempts]
-        return row
+
+TRACE_FIELDS = tuple(Trace.model_fields)

@@ -30,8 +30,12 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", dependencies=[policy(Access.PUBLIC)], tags=["health"],
-            responses={503: {"description": "the store is unreachable"}})
+@router.get(
+    "/readyz",
+    dependencies=[policy(Access.PUBLIC)],
+    tags=["health"],
+    responses={503: {"description": "the store is unreachable"}},
+)
 async def readyz(request: Request) -> JSONResponse:
     """Readiness: the store answers and the trace writer runs."""
     gateway = _gateway(request)
@@ -97,8 +101,12 @@ async def get_trace(
     principal: Annotated[Principal, policy(Access.ADMIN)],
 ) -> Trace:
     gateway = _gateway(request)
-    trace = gateway.traces.find_pending(trace_id) or await asyncio.to_thread(
-        gateway.trace_store.get, trace_id)
+    pending = gateway.traces.find_pending(trace_id)
+    trace = (
+        pending.to_trace()
+        if pending
+        else await asyncio.to_thread(gateway.trace_store.get, trace_id)
+    )
     if trace is None:
         raise NotFound(f"no trace with id {trace_id!r}")
     return trace

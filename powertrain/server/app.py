@@ -58,24 +58,42 @@ def _openapi_with_hot_routes(app: FastAPI) -> Any:
     """FastAPI documents its own routes; the hot routes are added from the same models."""
     if app.openapi_schema:
         return app.openapi_schema
-    schema = get_openapi(title="powertrain", version=__version__, routes=app.routes,
-                         description="OpenAI-compatible gateway and powertrain's own API.")
+    schema = get_openapi(
+        title="powertrain",
+        version=__version__,
+        routes=app.routes,
+        description="OpenAI-compatible gateway and powertrain's own API.",
+    )
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     for path, model, summary in (
-        ("/v1/chat/completions", ChatCompletionRequest, "Chat completion (streaming with stream=true)"),
+        (
+            "/v1/chat/completions",
+            ChatCompletionRequest,
+            "Chat completion (streaming with stream=true)",
+        ),
         ("/v1/embeddings", EmbeddingRequest, "Embeddings from a model that embeds"),
     ):
         model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(model_schema.pop("$defs", {}))
         components[model.__name__] = model_schema
-        schema["paths"][path] = {"post": {
-            "summary": summary,
-            "tags": ["openai"],
-            "requestBody": {"required": True, "content": {"application/json": {
-                "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}},
-            "responses": {"200": {"description": "OpenAI-shaped response (SSE when streaming)"},
-                          "4XX": {"description": "OpenAI error shape"}},
-        }}
+        schema["paths"][path] = {
+            "post": {
+                "summary": summary,
+                "tags": ["openai"],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": f"#/components/schemas/{model.__name__}"}
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {"description": "OpenAI-shaped response (SSE when streaming)"},
+                    "4XX": {"description": "OpenAI error shape"},
+                },
+            }
+        }
     app.openapi_schema = schema
     return schema
 
@@ -92,7 +110,8 @@ class PowertrainApp:
     def route_table(self) -> list[tuple[str, str, Access | None]]:
         """(method, path, declared access) of every route, hot and framework alike."""
         table: list[tuple[str, str, Access | None]] = [
-            (m, p, access) for (m, p), (_h, access) in self.hot_routes.items()]
+            (m, p, access) for (m, p), (_h, access) in self.hot_routes.items()
+        ]
 
         def walk(routes: list[Any]) -> None:
             for route in routes:
@@ -125,7 +144,8 @@ class PowertrainApp:
             seen += len(message.get("body", b""))
             if seen > limit:
                 raise RequestTooLarge(
-                    f"request body is over the limit of {limit} bytes (setting max_body_bytes)")
+                    f"request body is over the limit of {limit} bytes (setting max_body_bytes)"
+                )
             return message
 
         return limited
@@ -144,8 +164,14 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
         finally:
             await gateway.aclose()  # flushes every pending trace
 
-    api_app = FastAPI(title="powertrain", version=__version__, lifespan=lifespan,
-                      docs_url=None, redoc_url=None, openapi_url=None)
+    api_app = FastAPI(
+        title="powertrain",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
     api_app.state.gateway = gateway
     api_app.state.authenticator = authenticator
     api_app.state.openapi_schema = lambda: _openapi_with_hot_routes(api_app)
@@ -154,4 +180,3 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
     api_app.include_router(docs_assets.router)
     hot = OpenAIRoutes(gateway, authenticator)
     return PowertrainApp(gateway, api_app, hot)
-

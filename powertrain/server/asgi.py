@@ -46,7 +46,8 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         if size > limit:
             raise RequestTooLarge(
                 f"request body is {size} bytes, over the limit of {limit} bytes "
-                "(setting max_body_bytes)")
+                "(setting max_body_bytes)"
+            )
     chunks: list[bytes] = []
     total = 0
     while True:
@@ -57,7 +58,8 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         total += len(chunk)
         if total > limit:
             raise RequestTooLarge(
-                f"request body is over the limit of {limit} bytes (setting max_body_bytes)")
+                f"request body is over the limit of {limit} bytes (setting max_body_bytes)"
+            )
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
@@ -70,19 +72,27 @@ def parse_json(body: bytes) -> Any:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
 
 
-async def send_json(send: Send, status: int, payload: Any,
-                    headers: list[tuple[bytes, bytes]] | None = None) -> None:
+async def send_json(
+    send: Send, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     body = orjson.dumps(payload)
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [*JSON_HEADERS, (b"content-length", str(len(body)).encode()), *(headers or [])],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                *JSON_HEADERS,
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_error(send: Send, error: PowertrainError,
-                     headers: list[tuple[bytes, bytes]] | None = None) -> None:
+async def send_error(
+    send: Send, error: PowertrainError, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     extra = [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
     await send_json(send, error.status_code, error.to_openai(), [*extra, *(headers or [])])
 
@@ -113,7 +123,7 @@ class DisconnectWatcher:
             if message["type"] == "http.disconnect":
                 self.disconnected = True
                 if self._task is not None:
-                    pass
+                    self._task.cancel()
                 return
 
     def stop(self) -> None:

@@ -48,8 +48,7 @@ class Authenticator:
             return ANONYMOUS
         token = _bearer(authorization)
         if token is None:
-            raise AuthenticationError(
-                "missing API key: send it as 'Authorization: Bearer <key>'")
+            raise AuthenticationError("missing API key: send it as 'Authorization: Bearer <key>'")
         if hmac.compare_digest(token, self._admin):
             return Principal(key_id="admin", admin=True)
         raise AuthenticationError("invalid API key")

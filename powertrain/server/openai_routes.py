@@ -83,13 +83,17 @@ class OpenAIRoutes:
                 raise  # the server is shutting down, not the client leaving
         except PowertrainError as exc:
             trace_id = call.trace_id if call else getattr(exc, "trace_id", None)
-            await send_error(send, self._scrubbed(exc),
-                             [(TRACE_HEADER, trace_id.encode())] if trace_id else None)
+            await send_error(
+                send, self._scrubbed(exc), [(TRACE_HEADER, trace_id.encode())] if trace_id else None
+            )
         except Exception as exc:
             # A bug, not a refusal. ``_stream`` handles its own failures once its headers
             # are out, so none has been sent yet: answer in the OpenAI shape anyway.
-            await send_error(send, self._unexpected(exc, "/v1/chat/completions"),
-                             [(TRACE_HEADER, call.trace_id.encode())] if call else None)
+            await send_error(
+                send,
+                self._unexpected(exc, "/v1/chat/completions"),
+                [(TRACE_HEADER, call.trace_id.encode())] if call else None,
+            )
         finally:
             watcher.stop()
 
@@ -99,11 +103,13 @@ class OpenAIRoutes:
             # The first chunk comes before the headers, so a refusal (busy model,
             # upstream down) is still a proper HTTP error rather than a broken stream.
             first = await anext(chunks, None)
-            await send({
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [*SSE_HEADERS, (TRACE_HEADER, call.trace_id.encode())],
-            })
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [*SSE_HEADERS, (TRACE_HEADER, call.trace_id.encode())],
+                }
+            )
             created = int(time.time())
             completion_id = call.completion_id
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
@@ -112,24 +118,50 @@ class OpenAIRoutes:
             pending = first
             try:
                 while pending is not None:
-                    await send({"type": "http.response.body", "more_body": True, "body": sse_event(
-                        pending.to_openai(completion_id=completion_id, model=request.model,
-                                          created=created, first=is_first))})
+                    await send(
+                        {
+                            "type": "http.response.body",
+                            "more_body": True,
+                            "body": sse_event(
+                                pending.to_openai(
+                                    completion_id=completion_id,
+                                    model=request.model,
+                                    created=created,
+                                    first=is_first,
+                                )
+                            ),
+                        }
+                    )
                     is_first = False
                     usage = pending.usage or usage
                     pending = await anext(chunks, None)
             except Exception as exc:
                 # After the first byte nothing may be retried: tell the client and close.
-                error = exc if isinstance(exc, PowertrainError) else StreamInterrupted(
-                    f"the stream failed: {type(exc).__name__}")
-                await send({"type": "http.response.body", "more_body": False,
-                            "body": sse_event(self._scrubbed(error).to_openai())})
+                error = (
+                    exc
+                    if isinstance(exc, PowertrainError)
+                    else StreamInterrupted(f"the stream failed: {type(exc).__name__}")
+                )
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "more_body": False,
+                        "body": sse_event(self._scrubbed(error).to_openai()),
+                    }
+                )
                 return
             tail = b""
             if include_usage and usage is not None:
-                tail = sse_event({"id": call.completion_id, "object": "chat.completion.chunk",
-                                  "created": created, "model": request.model, "choices": [],
-                                  "usage": usage.to_openai()})
+                tail = sse_event(
+                    {
+                        "id": call.completion_id,
+                        "object": "chat.completion.chunk",
+                        "created": created,
+                        "model": request.model,
+                        "choices": [],
+                        "usage": usage.to_openai(),
+                    }
+                )
             await send({"type": "http.response.body", "body": tail + SSE_DONE})
         finally:
             await chunks.aclose()  # type: ignore[attr-defined]
@@ -148,8 +180,7 @@ class OpenAIRoutes:
             await send_error(send, self._unexpected(exc, "/v1/embeddings"))
             return
         body = result.to_openai(model=request.model, encoding_format=request.encoding_format)
-        await send_json(send, 200, body,
-                        [(TRACE_HEADER, trace.id.encode())])
+        await send_json(send, 200, body, [(TRACE_HEADER, trace.id.encode())])
 
     def _unexpected(self, exc: Exception, route: str) -> PowertrainError:
         """Log an unexpected failure (secrets scrubbed) and say so in the OpenAI shape."""

@@ -32,13 +32,21 @@ class GracefulServer(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def serve(app: Any, *, host: str, port: int, log_level: str, access_log: bool,
-          graceful_seconds: float) -> None:
+def serve(
+    app: Any, *, host: str, port: int, log_level: str, access_log: bool, graceful_seconds: float
+) -> None:
     config = uvicorn.Config(
-        app, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
-        log_level=log_level, access_log=access_log,
+        app,
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_level=log_level,
+        access_log=access_log,
         # No reverse-proxy header rewriting on the hot path; nothing here reads client addresses.
-        proxy_headers=False, server_header=False,
+        proxy_headers=False,
+        server_header=False,
         timeout_graceful_shutdown=max(1, int(graceful_seconds)),
     )
     GracefulServer(config).run()

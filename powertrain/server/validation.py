@@ -15,8 +15,7 @@ def invalid_request_from(exc: ValidationError) -> InvalidRequest:
     first = exc.errors(include_url=False)[0]
     loc = ".".join(str(p) for p in first["loc"] if p != "body")
     if first["type"] == "extra_forbidden":
-        return InvalidRequest(
-            f"Unrecognized request argument supplied: {loc}", param=loc or None)
+        return InvalidRequest(f"Unrecognized request argument supplied: {loc}", param=loc or None)
     if first["type"] == "missing":
         return InvalidRequest(f"missing required parameter: {loc}", param=loc or None)
     message = str(first["msg"]).removeprefix("Value error, ")

@@ -10,7 +10,7 @@ import orjson
 from pydantic import BaseModel, Field
 from sqlalchemy import delete, func, select
 
-from powertrain.schemas.trace import Trace
+from powertrain.schemas.trace import Trace, TraceRecord
 from powertrain.store.db import Database
 from powertrain.store.schema import traces
 
@@ -56,17 +56,18 @@ class TraceStore:
             raise NotImplementedError(f"traces on {self.db.dialect} are not supported")
         return f"INSERT INTO traces ({columns}) VALUES ({marks}) ON CONFLICT (id) DO NOTHING"
 
-    def to_rows(self, batch: Sequence[Trace]) -> list[tuple[Any, ...]]:
+    def to_rows(self, batch: Sequence[TraceRecord]) -> list[tuple[Any, ...]]:
         """Driver-ready rows (JSON as text, times as the backend keeps them). Pure and cheap."""
         postgres = self.db.dialect == "postgresql"
         rows = []
         for trace in batch:
-            values = trace.to_row()
+            values = trace.as_dict()
             if postgres:
                 values = _without_nul(values)
             else:
-                values["created_at"] = values["created_at"].astimezone(UTC).strftime(
-                    _SQLITE_DATETIME)
+                values["created_at"] = (
+                    values["created_at"].astimezone(UTC).strftime(_SQLITE_DATETIME)
+                )
             for column in _JSON_COLUMNS:
                 values[column] = orjson.dumps(values[column]).decode()
             rows.append(tuple(values[c] for c in _COLUMNS))
@@ -77,7 +78,7 @@ class TraceStore:
             with self.db.engine.begin() as conn:
                 conn.exec_driver_sql(self._insert_sql, list(rows))
 
-    def insert_many(self, batch: Sequence[Trace]) -> None:
+    def insert_many(self, batch: Sequence[TraceRecord]) -> None:
         self.insert_rows(self.to_rows(batch))
 
     def get(self, trace_id: str, *, api_key_id: str | None = None) -> Trace | None:
@@ -88,7 +89,9 @@ class TraceStore:
             row = conn.execute(query).mappings().first()
         return _to_trace(row) if row else None
 
-    def list(self, filters: TraceFilter, *, limit: int = 50, cursor: str | None = None) -> TracePage:
+    def list(
+        self, filters: TraceFilter, *, limit: int = 50, cursor: str | None = None
+    ) -> TracePage:
         query = select(traces).order_by(traces.c.id.desc()).limit(limit + 1)
         for column in ("model", "status", "task", "api_key_id"):
             value = getattr(filters, column)

@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import itertools
 import logging
 import threading
 from collections import deque
 from pathlib import Path
+from typing import Any
 
 import orjson
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
 from powertrain.redact import SecretScrubber
-from powertrain.schemas.trace import Trace
+from powertrain.schemas.trace import TraceRecord
 from powertrain.store.traces import TraceStore
 
 log = logging.getLogger("powertrain.traces")
@@ -51,10 +54,14 @@ class TraceWriter:
         self.flush_interval = flush_interval
         self.buffer_limit = buffer_limit
         self.scrubber = scrubber or SecretScrubber()
-        self._pending: deque[Trace] = deque()
+        self._pending: deque[TraceRecord] = deque()
         self._wake = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._write_lock = threading.Lock()
+        # The spill file has its own lock: ``submit`` spills on the event loop and must
+        # never wait behind a store write that is hanging on a dead connection.
+        self._spill_lock = threading.Lock()
         self._closing = False
         self.written = 0
         self.spilled = 0
@@ -62,11 +69,13 @@ class TraceWriter:
         self.store_failures = 0
 
     # -- the hot path -----------------------------------------------------
-    def submit(self, trace: Trace) -> None:
+    def submit(self, trace: TraceRecord) -> None:
         """Queue one trace. Never blocks and never raises."""
         self._pending.append(trace)
         if len(self._pending) > self.buffer_limit:
-            self._spill([self._pending.popleft() for _ in range(len(self._pending) - self.buffer_limit)])
+            self._spill(
+                [self._pending.popleft() for _ in range(len(self._pending) - self.buffer_limit)]
+            )
         if len(self._pending) >= self.batch_size:
             self._wake.set()
 
@@ -74,7 +83,7 @@ class TraceWriter:
     def pending(self) -> int:
         return len(self._pending)
 
-    def find_pending(self, trace_id: str) -> Trace | None:
+    def find_pending(self, trace_id: str) -> TraceRecord | None:
         """A finished trace not yet written, so a caller can read it right after its answer."""
         for trace in reversed(self._pending):
             if trace.id == trace_id:
@@ -89,11 +98,20 @@ class TraceWriter:
 
     async def flush(self) -> None:
         """Write everything pending now; raises if the store refuses."""
-        while self._pending:
-            batch = [self._pending[i] for i in range(min(self.batch_size, len(self._pending)))]
-            await asyncio.to_thread(self._write, batch)
-            for _ in batch:
-                self._pending.popleft()
+        # One flush at a time: the background task, the API and the Python client all
+        # flush, and two taking the same batch would then drop the batch after it.
+        async with self._flush_lock:
+            while self._pending:
+                batch = list(itertools.islice(self._pending, self.batch_size))
+                # Scrubbing and row building run here, on the loop: the worker thread then
+                # spends its time in the database driver's C code, not contending for the GIL.
+                rows = self.store.to_rows([self._scrub(t) for t in batch])
+                await asyncio.to_thread(self._write, batch, rows)
+                # Drop exactly what was written; a spill during the write may have taken
+                # some of it already (spills and flushes both take from the left).
+                written = {id(trace) for trace in batch}
+                while self._pending and id(self._pending[0]) in written:
+                    self._pending.popleft()
 
     async def aclose(self) -> None:
         """Stop the background task and write (or spill) whatever is pending."""
@@ -106,8 +124,12 @@ class TraceWriter:
         try:
             await self.flush()
         except Exception as exc:
-            log.error("trace store unavailable at shutdown (%s); spilling %d traces to %s",
-                      type(exc).__name__, len(self._pending), self.spill_path)
+            log.error(
+                "trace store unavailable at shutdown (%s); spilling %d traces to %s",
+                type(exc).__name__,
+                len(self._pending),
+                self.spill_path,
+            )
             self._spill(list(self._pending))
             self._pending.clear()
 
@@ -126,78 +148,84 @@ class TraceWriter:
             except Exception as exc:
                 self.store_failures += 1
                 if backoff == self.flush_interval:
-                    log.warning("trace store unavailable (%s: %s); keeping %d traces in memory",
-                                type(exc).__name__, self.scrubber.text(str(exc))[:200],
-                                len(self._pending))
+                    log.warning(
+                        "trace store unavailable (%s: %s); keeping %d traces in memory",
+                        type(exc).__name__,
+                        self.scrubber.text(str(exc))[:200],
+                        len(self._pending),
+                    )
                 backoff = min(5.0, backoff * 2)
 
-    def _write(self, batch: list[Trace]) -> None:
-        if self.scrubber:
-            batch = [self._scrub(t) for t in batch]
+    def _write(self, batch: list[TraceRecord], rows: list[tuple[Any, ...]]) -> None:
         with self._write_lock:
             try:
-                self.store.insert_many(batch)
+                self.store.insert_rows(rows)
             except Exception as exc:
                 if _store_unreachable(exc):
                     raise
                 # One row the store refuses must not hold back the others forever.
-                self._write_row_by_row(batch)
+                self._write_row_by_row(batch, rows)
                 return
         self.written += len(batch)
 
-    def _write_row_by_row(self, batch: list[Trace]) -> None:
-        for trace in batch:
+    def _write_row_by_row(self, batch: list[TraceRecord], rows: list[tuple[Any, ...]]) -> None:
+        for trace, row in zip(batch, rows, strict=True):
             try:
-                self.store.insert_many([trace])
+                self.store.insert_rows([row])
                 self.written += 1
             except Exception as exc:
                 if _store_unreachable(exc):
                     raise
                 self._reject(trace, exc)
 
-    def _reject(self, trace: Trace, exc: Exception) -> None:
+    def _reject(self, trace: TraceRecord, exc: Exception) -> None:
         """Keep a trace the store refuses in a dead-letter file, and say so loudly."""
         path = self.spill_path.with_name("traces-rejected.jsonl")
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("ab") as out:
-            out.write(orjson.dumps(trace.model_dump(mode="json")) + b"\n")
+            out.write(orjson.dumps(self._scrub(trace)) + b"\n")
         self.rejected += 1
-        log.error("the store refused trace %s (%s); kept in %s", trace.id,
-                  type(exc).__name__, path)
+        log.error("the store refused trace %s (%s); kept in %s", trace.id, type(exc).__name__, path)
 
-    def _scrub(self, trace: Trace) -> Trace:
-        return trace.model_copy(update={
-            "request": self.scrubber.deep(trace.request),
-            "output": self.scrubber.text(trace.output) if trace.output else trace.output,
-            "error_message": self.scrubber.text(trace.error_message)
-            if trace.error_message else None,
-            "metadata": self.scrubber.deep(trace.metadata),
-        })
+    def _scrub(self, trace: TraceRecord) -> TraceRecord:
+        if not self.scrubber:
+            return trace
+        return dataclasses.replace(
+            trace,
+            request=self.scrubber.deep(trace.request),
+            output=self.scrubber.text(trace.output) if trace.output else trace.output,
+            error_message=self.scrubber.text(trace.error_message) if trace.error_message else None,
+            metadata=self.scrubber.deep(trace.metadata),
+        )
 
-    def _spill(self, traces: list[Trace]) -> None:
+    def _spill(self, traces: list[TraceRecord]) -> None:
         if not traces:
             return
         self.spill_path.parent.mkdir(parents=True, exist_ok=True)
-        with self._write_lock, self.spill_path.open("ab") as out:
+        with self._spill_lock, self.spill_path.open("ab") as out:
             for trace in traces:
-                out.write(orjson.dumps(self._scrub(trace).model_dump(mode="json")) + b"\n")
+                out.write(orjson.dumps(self._scrub(trace)) + b"\n")
         self.spilled += len(traces)
-        log.warning("%d traces spilled to %s (store unavailable or buffer full)",
-                    len(traces), self.spill_path)
+        log.warning(
+            "%d traces spilled to %s (store unavailable or buffer full)",
+            len(traces),
+            self.spill_path,
+        )
 
     def _replay_spill(self) -> None:
         if not self.spill_path.exists():
             return
-        with self._write_lock:
+        with self._spill_lock:
             lines = self.spill_path.read_bytes().splitlines()
-            traces = [Trace.model_validate(orjson.loads(line)) for line in lines if line.strip()]
+            traces = [TraceRecord.from_json(orjson.loads(line)) for line in lines if line.strip()]
             for start in range(0, len(traces), self.batch_size):
-                batch = traces[start:start + self.batch_size]
+                batch = traces[start : start + self.batch_size]
+                rows = self.store.to_rows(batch)
                 try:
-                    self.store.insert_many(batch)
+                    self.store.insert_rows(rows)
                 except Exception as exc:
                     if _store_unreachable(exc):
                         raise
-                    self._write_row_by_row(batch)
+                    self._write_row_by_row(batch, rows)
             self.spill_path.unlink()
         log.info("replayed %d spilled traces from %s", len(traces), self.spill_path)

@@ -66,7 +66,6 @@ from aiohttp import web
 __all__ = ["FakeAnthropic", "FakeOpenAI", "FakeUpstream", "Fault", "RecordedRequest"]
 
 _PIECES = re.compile(r"\S+\s*|\s+")
-_RECORDED = web.RequestKey("recorded", RecordedRequest) if False else "powertrain_recorded"
 
 
 @dataclass
@@ -84,6 +83,9 @@ class RecordedRequest:
     @property
     def stream(self) -> bool:
         return isinstance(self.json, dict) and bool(self.json.get("stream"))
+
+
+_RECORDED = web.RequestKey("recorded", RecordedRequest)
 
 
 @dataclass
@@ -140,6 +142,9 @@ class FakeUpstream:
         self.context_window: int | None = None
         self.requests: list[RecordedRequest] = []
         self.faults: deque[Fault] = deque()
+        self.active = 0
+        self.disconnects: list[RecordedRequest] = []
+        self._changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
         self._closing = asyncio.Event()
@@ -162,7 +167,7 @@ class FakeUpstream:
         return self.origin
 
     async def start(self) -> Self:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._observe])
         self.routes(app)
         runner = web.AppRunner(
             app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0
@@ -239,13 +244,60 @@ class FakeUpstream:
         )
 
     def clear(self) -> None:
-        """Forget recorded requests and queued faults."""
+        """Forget recorded requests, disconnects and queued faults."""
         self.requests.clear()
+        self.disconnects.clear()
         self.faults.clear()
 
     @property
     def last_request(self) -> RecordedRequest:
         return self.requests[-1]
+
+    # observing the caller ---------------------------------------------------
+
+    @web.middleware
+    async def _observe(
+        self, request: web.Request, handler: Callable[[web.Request], Any]
+    ) -> web.StreamResponse:
+        self.active += 1
+        self._notify()
+        try:
+            response: web.StreamResponse = await handler(request)
+            return response
+        except (asyncio.CancelledError, ConnectionResetError):
+            recorded = request.get(_RECORDED)
+            if recorded is not None and not self._closing.is_set():
+                self.disconnects.append(recorded)
+            raise
+        finally:
+            self.active -= 1
+            self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _wait(self, done: Callable[[], bool], within: float, what: str) -> None:
+        async def until() -> None:
+            while not done():
+                await self._changed.wait()
+
+        try:
+            await asyncio.wait_for(until(), within)
+        except TimeoutError:
+            raise AssertionError(f"the fake upstream saw no {what} within {within:g} s") from None
+
+    async def wait_for_requests(self, n: int = 1, within: float = 5.0) -> None:
+        """Return once ``n`` calls have arrived (fails the test after ``within`` s)."""
+        await self._wait(lambda: len(self.requests) >= n, within, f"{n} request(s)")
+
+    async def wait_for_disconnects(self, n: int = 1, within: float = 5.0) -> None:
+        """Return once ``n`` callers have gone away mid-answer (fails after ``within`` s)."""
+        await self._wait(lambda: len(self.disconnects) >= n, within, f"{n} disconnect(s)")
+
+    async def wait_idle(self, within: float = 5.0) -> None:
+        """Return once no call is being handled (fails the test after ``within`` s)."""
+        await self._wait(lambda: self.active == 0, within, "idle moment")
 
     # plumbing for the protocol fakes ---------------------------------------
 
@@ -264,7 +316,9 @@ class FakeUpstream:
             at=time.monotonic(),
             client_port=_client_port(request),
         )
+        request[_RECORDED] = recorded
         self.requests.append(recorded)
+        self._notify()
         return recorded
 
     def _next_fault(self) -> Fault | None:
