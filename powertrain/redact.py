@@ -25,6 +25,16 @@ class SecretScrubber:
     def __bool__(self) -> bool:
         return bool(self._secrets)
 
+    def appears_in(self, value: Any) -> bool:
+        """Whether any secret occurs anywhere in ``value`` (one C-speed serialisation)."""
+        if not self._secrets:
+            return False
+        try:
+            encoded = orjson.dumps(value)
+        except TypeError:
+            return True  # cannot tell cheaply: let the caller scrub field by field
+        return any(s in encoded for s in self._encoded)
+
     def text(self, value: str) -> str:
         for secret in self._secrets:
             if secret in value:
@@ -35,14 +45,8 @@ class SecretScrubber:
         """Scrub strings anywhere inside dicts and lists."""
         if not self._secrets:
             return value
-        if isinstance(value, dict | list):
-            # One C-speed serialisation tells whether any secret is there at all.
-            try:
-                encoded = orjson.dumps(value)
-            except TypeError:
-                encoded = None
-            if encoded is not None and not any(s in encoded for s in self._encoded):
-                return value
+        if isinstance(value, dict | list) and not self.appears_in(value):
+            return value
         if isinstance(value, str):
             return self.text(value)
         if isinstance(value, dict):

@@ -107,14 +107,24 @@ SSE_DONE = b"data: [DONE]\n\n"
 class DisconnectWatcher:
     """Cancels the handling task when the client goes away (after its body was read).
 
-    One watcher task per request is the cheapest way to notice a vanished client
-    while we wait on a model: ASGI only reports it through ``receive()``.
+    ASGI reports a vanished client only through ``receive()``, so noticing one
+    takes a task awaiting it — and a task per request is most of a fast call's
+    overhead. The watch therefore starts after ``grace`` seconds: a call that is
+    done by then never pays for it, and one that waits on a model is watched
+    from then on (a client that leaves is noticed at most ``grace`` late).
     """
 
-    def __init__(self, receive: Receive):
+    def __init__(self, receive: Receive, grace: float = 0.05):
         self._receive = receive
         self._task = asyncio.current_task()
         self.disconnected = False
+        self._watcher: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            grace, self._start
+        )
+
+    def _start(self) -> None:
+        self._timer = None
         self._watcher = asyncio.ensure_future(self._watch())
 
     async def _watch(self) -> None:
@@ -127,4 +137,7 @@ class DisconnectWatcher:
                 return
 
     def stop(self) -> None:
-        self._watcher.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._watcher is not None:
+            self._watcher.cancel()

@@ -34,8 +34,6 @@ class TracePage(BaseModel):
 
 
 _JSON_COLUMNS = frozenset({"request", "attempts", "metadata"})
-# SQLAlchemy's text format for DATETIME on SQLite, so rows written here read back alike.
-_SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"
 
 
 class TraceStore:
@@ -65,9 +63,7 @@ class TraceStore:
             if postgres:
                 values = _without_nul(values)
             else:
-                values["created_at"] = (
-                    values["created_at"].astimezone(UTC).strftime(_SQLITE_DATETIME)
-                )
+                values["created_at"] = _sqlite_datetime(values["created_at"])
             for column in _JSON_COLUMNS:
                 values[column] = orjson.dumps(values[column]).decode()
             rows.append(tuple(values[c] for c in _COLUMNS))
@@ -120,6 +116,13 @@ class TraceStore:
         with self.db.engine.begin() as conn:
             query = delete(traces).where(traces.c.id == _without_nul(trace_id))
             return conn.execute(query).rowcount > 0
+
+
+def _sqlite_datetime(moment: datetime) -> str:
+    """SQLAlchemy's text form of DATETIME on SQLite (UTC), so rows written here read back alike."""
+    if moment.tzinfo is not None and moment.utcoffset():
+        moment = moment.astimezone(UTC)
+    return moment.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
 
 
 def _utc(moment: datetime) -> datetime:

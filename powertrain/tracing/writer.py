@@ -188,7 +188,7 @@ class TraceWriter:
         log.error("the store refused trace %s (%s); kept in %s", trace.id, type(exc).__name__, path)
 
     def _scrub(self, trace: TraceRecord) -> TraceRecord:
-        if not self.scrubber:
+        if not self.scrubber.appears_in(trace):
             return trace
         return dataclasses.replace(
             trace,
