@@ -30,7 +30,7 @@ from powertrain.errors import (
 from powertrain.redact import SecretScrubber
 from powertrain.schemas import ChatChunk, ChatCompletionRequest, ChatResult, EmbeddingResult, Usage
 from powertrain.schemas.embeddings import EmbeddingRequest
-from powertrain.schemas.trace import TraceRecord
+from powertrain.schemas.trace import Trace
 from powertrain.store import Database, TraceStore
 from powertrain.tracing import TraceWriter
 
@@ -60,7 +60,7 @@ class Call:
     """One call in flight. ``finish`` records its trace exactly once."""
 
     gateway: Gateway
-    trace: TraceRecord
+    trace: Trace
     started: float = field(default_factory=time.perf_counter)
     engine: Engine | None = None
     model: ModelConfig | None = None
@@ -268,7 +268,7 @@ class Gateway:
         )
         call = Call(
             self,
-            TraceRecord(
+            Trace(
                 model=request.model,
                 request=raw,
                 stream=request.stream,
@@ -346,11 +346,11 @@ class Gateway:
         self,
         request: EmbeddingRequest,
         ctx: CallContext | None = None,
-    ) -> tuple[TraceRecord, EmbeddingResult]:
+    ) -> tuple[Trace, EmbeddingResult]:
         ctx = ctx or CallContext()
         call = Call(
             self,
-            TraceRecord(
+            Trace(
                 model=request.model,
                 request=ctx.raw_request or request.model_dump(exclude_none=True),
                 api_key_id=ctx.api_key_id,

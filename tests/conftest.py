@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +21,7 @@ import uvicorn
 
 from powertrain.config import Config, load_config
 from powertrain.server import create_app
+from powertrain.server.app import PowertrainApp
 
 REPO = Path(__file__).resolve().parent.parent
 POSTGRES_ENV = "POWERTRAIN_TEST_POSTGRES_URL"
@@ -71,8 +72,9 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def running_app(config: Config) -> AsyncIterator[str]:
-    """The real app under uvicorn on a free loopback port, in this event loop."""
+async def serving(config: Config) -> AsyncIterator[tuple[str, PowertrainApp]]:
+    """The real app under uvicorn on a free loopback port, in this event loop, with its app
+    (so a test can reach its gateway, engines and trace writer)."""
     app = create_app(config)
     port = free_port()
     server = uvicorn.Server(
@@ -86,10 +88,26 @@ async def running_app(config: Config) -> AsyncIterator[str]:
             task.result()
         await asyncio.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", app
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, timeout=30)
+
+
+@contextlib.asynccontextmanager
+async def running_app(config: Config) -> AsyncIterator[str]:
+    """``serving`` for tests that only need the URL."""
+    async with serving(config) as (url, _app):
+        yield url
+
+
+async def eventually(check: Callable[[], bool], what: str, within: float = 15.0) -> None:
+    """Wait for state that offers no event to await (a writer's counters, a worker's slots)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not within {within:g} s: {what}")
+        await asyncio.sleep(0.02)
 
 
 @dataclass

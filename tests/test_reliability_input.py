@@ -23,7 +23,7 @@ from powertrain.config import load_config
 from powertrain.engines.base import estimate_tokens
 from powertrain.engines.bundled import smollm2_path
 from powertrain.redact import MASK, SecretScrubber
-from powertrain.schemas.trace import TraceRecord
+from powertrain.schemas.trace import Trace
 from powertrain.settings import Settings
 from powertrain.store import Database, TraceStore
 from powertrain.tracing import TraceWriter
@@ -272,7 +272,7 @@ async def test_spilled_traces_are_scrubbed(tmp_path: Path) -> None:
     await writer.start()
     for i in range(3):
         writer.submit(
-            TraceRecord(
+            Trace(
                 model="m",
                 request={"messages": [{"content": f"{i} {canary}"}]},
                 output=f"echo {canary}",

@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,59 +24,26 @@ import aiohttp
 import openai
 import orjson
 import pytest
-import uvicorn
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
-from powertrain.config import Config, load_config
-from powertrain.schemas.trace import Trace, TraceRecord
-from powertrain.server import create_app
-from powertrain.server.app import PowertrainApp
+from powertrain.config import load_config
+from powertrain.schemas.trace import Trace
 from powertrain.store import Database, TraceFilter, TraceStore
 from powertrain.tracing import TraceWriter
 from tests.conftest import (
     POSTGRES_ENV,
     ServerProcess,
-    free_port,
+    eventually,
     running_app,
+    serving,
     start_server,
     write_config,
 )
 from tests.fakes import FakeOpenAI
 
 CHAT = "/v1/chat/completions"
-
-
-@contextlib.asynccontextmanager
-async def serving(config: Config) -> AsyncIterator[tuple[str, PowertrainApp]]:
-    """Like ``running_app``, but also hands back the app (its gateway and trace writer)."""
-    app = create_app(config)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", loop="asyncio"
-        )
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}", app
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, timeout=30)
-
-
-async def eventually(check: Callable[[], bool], what: str, within: float = 15.0) -> None:
-    """Wait for state that offers no event to await (a writer's counters)."""
-    deadline = asyncio.get_running_loop().time() + within
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"not within {within:g} s: {what}")
-        await asyncio.sleep(0.02)
 
 
 def stored(url: str, model: str) -> list[Trace]:
@@ -201,7 +168,7 @@ async def test_flushes_and_spills_during_a_write_lose_nothing(tmp_path: Path) ->
         store, spill_path=spill, batch_size=10, buffer_limit=12, flush_interval=3600
     )
     await writer.start()
-    traces = [TraceRecord(model="m", request={}) for _ in range(20)]
+    traces = [Trace(model="m", request={}) for _ in range(20)]
     for trace in traces[:12]:
         writer.submit(trace)
     first = asyncio.create_task(writer.flush())  # takes the first 10, then waits in the store
@@ -249,7 +216,7 @@ async def test_traces_wait_out_a_store_outage_and_are_written_once(tmp_path: Pat
         store, spill_path=tmp_path / "spill.jsonl", batch_size=100, flush_interval=0.01
     )
     await writer.start()
-    traces = [TraceRecord(model="m", request={}) for _ in range(50)]
+    traces = [Trace(model="m", request={}) for _ in range(50)]
     for trace in traces:
         writer.submit(trace)
     await eventually(lambda: writer.pending == 0, "the writer catches up")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,50 +20,17 @@ import aiohttp
 import openai
 import orjson
 import pytest
-import uvicorn
 
 from powertrain.config import Config, load_config
 from powertrain.engines.llamacpp import LlamaCppEngine
 from powertrain.schemas import ChatCompletionRequest
-from powertrain.server import create_app
 from powertrain.server.app import PowertrainApp
-from tests.conftest import free_port, openai_model_toml, running_app, write_config
+from tests.conftest import eventually, openai_model_toml, running_app, serving, write_config
 from tests.fakes import FakeAnthropic, FakeOpenAI
 from tests.fakes.upstreams import FakeUpstream, split_reply
 
 REPLY = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu"
 CHAT = "/v1/chat/completions"
-
-
-@contextlib.asynccontextmanager
-async def serving(config: Config) -> AsyncIterator[tuple[str, PowertrainApp]]:
-    """Like ``running_app``, but also hands back the app (its gateway, engines, writer)."""
-    app = create_app(config)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", loop="asyncio"
-        )
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}", app
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, timeout=30)
-
-
-async def eventually(check: Callable[[], bool], what: str, within: float = 10.0) -> None:
-    """Wait for state that offers no event to await (a worker count, a stored trace)."""
-    deadline = asyncio.get_running_loop().time() + within
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"not within {within:g} s: {what}")
-        await asyncio.sleep(0.02)
 
 
 async def traces_of(base: str, model: str, n: int) -> list[dict[str, Any]]:
@@ -280,10 +247,13 @@ async def test_leaving_stops_local_generation_and_frees_the_slot(tmp_path: Path)
             assert worker.admitted == 1
             resp.close()
         await eventually(lambda: worker.admitted == 0, "the local slot is freed")
+        # Tokens evaluated into the context (the last sampled one is not): it stopped
+        # early, possibly right after the first token the client saw.
         generated = engine.loaded.llm.n_tokens - prompt_tokens
-        assert 0 < generated < LONG_MAX_TOKENS // 2  # it stopped, it did not finish
+        assert 0 <= generated < LONG_MAX_TOKENS // 2
         (trace,) = await traces_of(base, "smollm2", 1)
         assert trace["status"] == "cancelled" and trace["error_type"] == "client_disconnected"
+        assert trace["output"]  # the partial answer the client received is kept
 
 
 @pytest.mark.model

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from powertrain.schemas.trace import TraceRecord
+from powertrain.schemas.trace import Trace
 from powertrain.store import Database, TraceFilter, TraceStore
 from powertrain.store.migrate import current_revision, head_revision
 
@@ -22,9 +22,9 @@ def store(database_url: str) -> Iterator[TraceStore]:
     db.dispose()
 
 
-def _trace(model: str, **fields: object) -> TraceRecord:
+def _trace(model: str, **fields: object) -> Trace:
     fields.setdefault("request", {"messages": [{"role": "user", "content": "hi"}]})
-    return TraceRecord(model=model, **fields)  # type: ignore[arg-type]
+    return Trace(model=model, **fields)  # type: ignore[arg-type]
 
 
 def test_migrations_reach_head_and_are_idempotent(database_url: str) -> None:
@@ -56,7 +56,7 @@ def test_insert_is_idempotent_and_round_trips(store: TraceStore) -> None:
     assert store.count(TraceFilter(model=model)) == 1
     loaded = store.get(trace.id)
     assert loaded is not None
-    assert loaded == trace.to_trace()
+    assert loaded == trace
     assert loaded.created_at.tzinfo is not None
 
 

@@ -49,7 +49,7 @@ def logs(
         return
     page = _store(config_path).list(TraceFilter(model=model, status=status), limit=count)
     if as_json:
-        print_json([t.model_dump(mode="json") for t in page.data])
+        print_json([t.to_json() for t in page.data])
         return
     table = Table(title=f"last {len(page.data)} traces")
     table.add_column("id", no_wrap=True, min_width=31)
@@ -81,11 +81,11 @@ def show(trace_id: str, config_path: str | None, as_json: bool) -> None:
     if trace is None:
         raise NotFound(f"no trace with id {trace_id!r}; `powertrain logs` lists recent ones")
     if as_json:
-        print_json(trace.model_dump(mode="json"))
+        print_json(trace.to_json())
         return
     table = Table(show_header=False, title=trace.id)
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
-    for name, value in trace.model_dump(mode="json").items():
+    for name, value in trace.to_json().items():
         table.add_row(name, "" if value is None else str(value))
     console.print(table)

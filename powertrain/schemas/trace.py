@@ -1,4 +1,4 @@
-"""The trace: the record of one call, as stored and as returned by /api/traces."""
+"""The trace: the record of one call, as built on the request path, stored and served."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import TypeAdapter
+from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 TraceStatus = Literal["ok", "error", "cancelled"]
 
@@ -40,40 +41,14 @@ def new_trace_id() -> str:
     return f"tr_{int(time.time() * 1000):012x}{_random.take(8).hex()}"
 
 
-class Attempt(BaseModel):
+class Attempt(TypedDict):
     """One try against one engine; retries and fallbacks each add one."""
 
     model: str
     engine: str
     status: TraceStatus
     latency_ms: float
-    error: str | None = None
-
-
-class Trace(BaseModel):
-    id: str = Field(default_factory=new_trace_id)
-    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
-    model: str
-    engine: str | None = None
-    task: str | None = None
-    variant: str | None = None
-    api_key_id: str | None = None
-    status: TraceStatus = "ok"
-    stream: bool = False
-    request: dict[str, Any] = Field(default_factory=dict)
-    output: str | None = None
-    finish_reason: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-    compute_seconds: float | None = None
-    latency_ms: float = 0.0
-    ttft_ms: float | None = None
-    http_status: int | None = None
-    error_type: str | None = None
-    error_message: str | None = None
-    attempts: list[Attempt] = Field(default_factory=list)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    error: str | None
 
 
 def _now() -> datetime:
@@ -81,12 +56,13 @@ def _now() -> datetime:
 
 
 @dataclass(slots=True)
-class TraceRecord:
-    """A trace while it is being made and written: a plain object, cheap on the hot path.
+class Trace:
+    """One call's record.
 
-    Each call fills one of these (a pydantic model costs microseconds per attribute
-    set, and a call sets a dozen); ``Trace`` is the validated shape read back and
-    served by the API.
+    A plain dataclass, because every call builds and fills one on the hot path
+    (a pydantic model costs microseconds per attribute set, and a call sets a
+    dozen); values read back from the store or a spill file are validated
+    through ``TRACE_ADAPTER``, and the API serves it through the same schema.
     """
 
     model: str
@@ -110,25 +86,16 @@ class TraceRecord:
     http_status: int | None = None
     error_type: str | None = None
     error_message: str | None = None
-    attempts: list[dict[str, Any]] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in TRACE_FIELDS}
 
-    def to_trace(self) -> Trace:
-        return Trace.model_validate(self.as_dict())
-
-    @classmethod
-    def from_trace(cls, trace: Trace) -> TraceRecord:
-        values = dict(trace.__dict__)
-        values["attempts"] = [a.model_dump() for a in trace.attempts]
-        return cls(**values)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> TraceRecord:
-        """From the JSON written to a spill file (validated on the way back in)."""
-        return cls.from_trace(Trace.model_validate(data))
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready values (times as ISO 8601 strings)."""
+        return TRACE_ADAPTER.dump_python(self, mode="json")  # type: ignore[no-any-return]
 
 
-TRACE_FIELDS = tuple(Trace.model_fields)
+TRACE_FIELDS = tuple(Trace.__dataclass_fields__)
+TRACE_ADAPTER: TypeAdapter[Trace] = TypeAdapter(Trace)

@@ -101,11 +101,8 @@ async def get_trace(
     principal: Annotated[Principal, policy(Access.ADMIN)],
 ) -> Trace:
     gateway = _gateway(request)
-    pending = gateway.traces.find_pending(trace_id)
-    trace = (
-        pending.to_trace()
-        if pending
-        else await asyncio.to_thread(gateway.trace_store.get, trace_id)
+    trace = gateway.traces.find_pending(trace_id) or await asyncio.to_thread(
+        gateway.trace_store.get, trace_id
     )
     if trace is None:
         raise NotFound(f"no trace with id {trace_id!r}")

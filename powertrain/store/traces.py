@@ -10,7 +10,7 @@ import orjson
 from pydantic import BaseModel, Field
 from sqlalchemy import delete, func, select
 
-from powertrain.schemas.trace import Trace, TraceRecord
+from powertrain.schemas.trace import TRACE_ADAPTER, Trace
 from powertrain.store.db import Database
 from powertrain.store.schema import traces
 
@@ -54,7 +54,7 @@ class TraceStore:
             raise NotImplementedError(f"traces on {self.db.dialect} are not supported")
         return f"INSERT INTO traces ({columns}) VALUES ({marks}) ON CONFLICT (id) DO NOTHING"
 
-    def to_rows(self, batch: Sequence[TraceRecord]) -> list[tuple[Any, ...]]:
+    def to_rows(self, batch: Sequence[Trace]) -> list[tuple[Any, ...]]:
         """Driver-ready rows (JSON as text, times as the backend keeps them). Pure and cheap."""
         postgres = self.db.dialect == "postgresql"
         rows = []
@@ -74,7 +74,7 @@ class TraceStore:
             with self.db.engine.begin() as conn:
                 conn.exec_driver_sql(self._insert_sql, list(rows))
 
-    def insert_many(self, batch: Sequence[TraceRecord]) -> None:
+    def insert_many(self, batch: Sequence[Trace]) -> None:
         self.insert_rows(self.to_rows(batch))
 
     def get(self, trace_id: str, *, api_key_id: str | None = None) -> Trace | None:
@@ -147,4 +147,4 @@ def _to_trace(row: Any) -> Trace:
     values = {name: row[name] for name in _COLUMNS}
     if values["created_at"].tzinfo is None:  # SQLite keeps no zone; we only ever write UTC
         values["created_at"] = values["created_at"].replace(tzinfo=UTC)
-    return Trace.model_validate(values)
+    return TRACE_ADAPTER.validate_python(values)

@@ -26,7 +26,7 @@ import orjson
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
 from powertrain.redact import SecretScrubber
-from powertrain.schemas.trace import TraceRecord
+from powertrain.schemas.trace import TRACE_ADAPTER, Trace
 from powertrain.store.traces import TraceStore
 
 log = logging.getLogger("powertrain.traces")
@@ -54,7 +54,7 @@ class TraceWriter:
         self.flush_interval = flush_interval
         self.buffer_limit = buffer_limit
         self.scrubber = scrubber or SecretScrubber()
-        self._pending: deque[TraceRecord] = deque()
+        self._pending: deque[Trace] = deque()
         self._wake = asyncio.Event()
         self._flush_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -69,7 +69,7 @@ class TraceWriter:
         self.store_failures = 0
 
     # -- the hot path -----------------------------------------------------
-    def submit(self, trace: TraceRecord) -> None:
+    def submit(self, trace: Trace) -> None:
         """Queue one trace. Never blocks and never raises."""
         self._pending.append(trace)
         if len(self._pending) > self.buffer_limit:
@@ -83,7 +83,7 @@ class TraceWriter:
     def pending(self) -> int:
         return len(self._pending)
 
-    def find_pending(self, trace_id: str) -> TraceRecord | None:
+    def find_pending(self, trace_id: str) -> Trace | None:
         """A finished trace not yet written, so a caller can read it right after its answer."""
         for trace in reversed(self._pending):
             if trace.id == trace_id:
@@ -156,7 +156,7 @@ class TraceWriter:
                     )
                 backoff = min(5.0, backoff * 2)
 
-    def _write(self, batch: list[TraceRecord], rows: list[tuple[Any, ...]]) -> None:
+    def _write(self, batch: list[Trace], rows: list[tuple[Any, ...]]) -> None:
         with self._write_lock:
             try:
                 self.store.insert_rows(rows)
@@ -168,7 +168,7 @@ class TraceWriter:
                 return
         self.written += len(batch)
 
-    def _write_row_by_row(self, batch: list[TraceRecord], rows: list[tuple[Any, ...]]) -> None:
+    def _write_row_by_row(self, batch: list[Trace], rows: list[tuple[Any, ...]]) -> None:
         for trace, row in zip(batch, rows, strict=True):
             try:
                 self.store.insert_rows([row])
@@ -178,7 +178,7 @@ class TraceWriter:
                     raise
                 self._reject(trace, exc)
 
-    def _reject(self, trace: TraceRecord, exc: Exception) -> None:
+    def _reject(self, trace: Trace, exc: Exception) -> None:
         """Keep a trace the store refuses in a dead-letter file, and say so loudly."""
         path = self.spill_path.with_name("traces-rejected.jsonl")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -187,7 +187,7 @@ class TraceWriter:
         self.rejected += 1
         log.error("the store refused trace %s (%s); kept in %s", trace.id, type(exc).__name__, path)
 
-    def _scrub(self, trace: TraceRecord) -> TraceRecord:
+    def _scrub(self, trace: Trace) -> Trace:
         if not self.scrubber.appears_in(trace):
             return trace
         return dataclasses.replace(
@@ -198,7 +198,7 @@ class TraceWriter:
             metadata=self.scrubber.deep(trace.metadata),
         )
 
-    def _spill(self, traces: list[TraceRecord]) -> None:
+    def _spill(self, traces: list[Trace]) -> None:
         if not traces:
             return
         self.spill_path.parent.mkdir(parents=True, exist_ok=True)
@@ -217,7 +217,7 @@ class TraceWriter:
             return
         with self._spill_lock:
             lines = self.spill_path.read_bytes().splitlines()
-            traces = [TraceRecord.from_json(orjson.loads(line)) for line in lines if line.strip()]
+            traces = [TRACE_ADAPTER.validate_json(line) for line in lines if line.strip()]
             for start in range(0, len(traces), self.batch_size):
                 batch = traces[start : start + self.batch_size]
                 rows = self.store.to_rows(batch)
