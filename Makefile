@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # do not let processes use it.
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 
-.PHONY: install serve test lint format bench bench-gateway bench-tokens clean
+.PHONY: install serve test lint format bench bench-gateway bench-stack bench-tokens clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ clean:
 
 bench-gateway: install
 	$(BIN)/python -m bench.gateway $(ARGS)
+
+bench-stack: install
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python -m bench.gateway.stack
 
 bench-tokens: install
 	$(BIN)/python -m bench.gateway.tokens $(ARGS)

@@ -138,6 +138,18 @@ def _fmt_ratio(value: Value) -> str:
     return f"{value:.2f}x" if value < 10 else f"{value:.0f}x"
 
 
+def format_table(header: list[str], lines: list[list[str]]) -> str:
+    """A plain text table: first column left-aligned, the others right-aligned."""
+    widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
+
+    def join(cells: list[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        rest = (c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))
+        return "  ".join([first, *rest]).rstrip()
+
+    return "\n".join([join(header), join(["-" * w for w in widths])] + [join(c) for c in lines])
+
+
 def render_table(results: dict[str, TargetResult], plan: Plan) -> str:
     rows = build_rows(results, plan)
     names = list(results)
@@ -155,15 +167,7 @@ def render_table(results: dict[str, TargetResult], plan: Plan) -> str:
             )
             cells.append(_fmt_ratio(ratio))
         lines.append(cells)
-    widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
-
-    def join(cells: list[str]) -> str:
-        first = cells[0].ljust(widths[0])
-        rest = (c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))
-        return "  ".join([first, *rest]).rstrip()
-
-    out = [join(header), join(["-" * w for w in widths])]
-    out += [join(cells) for cells in lines]
+    out = [format_table(header, lines)]
     notes = [
         f"  {n}: {r.version}" + (f" ({r.note})" if r.note else "")
         for n, r in results.items()
