@@ -13,7 +13,8 @@ import pytest
 
 from powertrain.catalog import ModelConfig
 from powertrain.engines import openai as openai_module
-from powertrain.engines._http import RetryPolicy, SSEDecoder, SSEEvent, parse_retry_after
+from powertrain.engines._retry import RetryPolicy, parse_retry_after
+from powertrain.engines._sse import SSEDecoder, SSEEvent
 from powertrain.engines.openai import OpenAIEngine
 from powertrain.errors import (
     ConfigError,

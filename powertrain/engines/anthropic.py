@@ -15,13 +15,9 @@ from typing import Any, ClassVar
 import orjson
 
 from powertrain.catalog import ModelConfig
-from powertrain.engines._http import (
-    ERROR_TYPE_STATUS,
-    HTTPProvider,
-    SSEEvent,
-    StreamErrorEvent,
-    StreamTruncated,
-)
+from powertrain.engines._http import HTTPProvider
+from powertrain.engines._retry import ERROR_TYPE_STATUS
+from powertrain.engines._sse import SSEEvent, StreamErrorEvent, StreamTruncated
 from powertrain.engines.base import Capabilities, Engine, estimate_tokens, prompt_text
 from powertrain.errors import EngineError, InvalidRequest
 from powertrain.plugins import hookimpl

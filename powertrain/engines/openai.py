@@ -14,12 +14,8 @@ import orjson
 from pydantic import ValidationError
 
 from powertrain.catalog import ModelConfig
-from powertrain.engines._http import (
-    HTTPProvider,
-    SSEEvent,
-    StreamErrorEvent,
-    StreamTruncated,
-)
+from powertrain.engines._http import HTTPProvider
+from powertrain.engines._sse import SSEEvent, StreamErrorEvent, StreamTruncated
 from powertrain.engines.base import Capabilities, Engine, estimate_tokens, prompt_text
 from powertrain.errors import EngineError, InvalidRequest
 from powertrain.plugins import hookimpl
