@@ -156,7 +156,14 @@ def test_errors_use_the_openai_shape(server: ServerProcess, client: openai.OpenA
 
 
 def test_health_and_docs(server: ServerProcess, tmp_path: Path) -> None:
-    for path in ("/healthz", "/readyz", "/docs", "/openapi.json"):
+    for path in (
+        "/healthz",
+        "/readyz",
+        "/docs",
+        "/openapi.json",
+        "/docs/static/swagger-ui-bundle.js",
+        "/docs/static/swagger-ui.css",
+    ):
         with urllib.request.urlopen(server.url + path, timeout=10) as resp:
             assert resp.status == 200
     with urllib.request.urlopen(server.url + "/openapi.json", timeout=10) as resp:
