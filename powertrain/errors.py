@@ -80,6 +80,12 @@ class NotFound(PowertrainError):
     error_type = "not_found_error"
 
 
+class MethodNotAllowed(PowertrainError):
+    status_code = 405
+    error_type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
 class ModelNotFound(NotFound):
     code = "model_not_found"
 

@@ -104,6 +104,9 @@ async def test_unknown_routes_and_methods_use_the_error_shape(tmp_path: Path) ->
             assert resp.status == 400 and "not valid JSON" in body["error"]["message"]
         async with http.post(url + "/v1/chat/completions", json=[1, 2]) as resp:
             assert resp.status == 400
+        async with http.get(url + "/v1/chat/completions") as resp:
+            body = await resp.json()
+            assert resp.status == 405 and "use POST" in body["error"]["message"]
         async with http.get(url + "/api/traces?limit=100000") as resp:
             body = await resp.json()
             assert resp.status == 400 and "limit" in body["error"]["message"]

@@ -15,12 +15,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from powertrain import __version__
 from powertrain.config import Config, load_config
-from powertrain.errors import InvalidRequest, NotFound, PowertrainError, RequestTooLarge
+from powertrain.errors import (
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PowertrainError,
+    RequestTooLarge,
+)
 from powertrain.gateway import Gateway
 from powertrain.schemas import ChatCompletionRequest
 from powertrain.schemas.embeddings import EmbeddingRequest
 from powertrain.server import api, docs_assets
-from powertrain.server.asgi import Message, Receive, Scope, Send
+from powertrain.server.asgi import Message, Receive, Scope, Send, send_error
 from powertrain.server.auth import Access, Authenticator, route_access
 from powertrain.server.openai_routes import OpenAIRoutes
 
@@ -105,6 +111,7 @@ class PowertrainApp:
         self.gateway = gateway
         self.api = api_app
         self.hot_routes = hot.routes
+        self._hot_paths = {path for _method, path in hot.routes}
         self.max_body = gateway.config.settings.max_body_bytes
 
     def route_table(self) -> list[tuple[str, str, Access | None]]:
@@ -129,6 +136,14 @@ class PowertrainApp:
             route = self.hot_routes.get((scope["method"], scope["path"]))
             if route is not None:
                 await route[0](scope, receive, send)
+                return
+            if scope["path"] in self._hot_paths:
+                await send_error(
+                    send,
+                    MethodNotAllowed(
+                        f"{scope['method']} is not allowed on {scope['path']}; use POST"
+                    ),
+                )
                 return
             receive = self._limited(receive)
         await self.api(scope, receive, send)  # type: ignore[arg-type]
