@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from powertrain.catalog import ModelConfig, ModelRef
 from powertrain.config import Config
@@ -34,6 +34,8 @@ from powertrain.schemas.trace import Trace
 from powertrain.store import Database, TraceStore
 from powertrain.tracing import TraceWriter
 
+T = TypeVar("T")
+
 # Request fields a catalog entry's ``params`` may default.
 _DEFAULTABLE = (
     "temperature",
@@ -53,6 +55,49 @@ class CallContext:
     api_key_id: str | None = None
     source: str = "api"  # api | cli | python
     raw_request: dict[str, Any] | None = None  # the body as sent, to store without re-dumping
+
+
+class _StreamDeadline:
+    """One timer for a whole stream, which interrupts only a wait on the engine.
+
+    A timeout scope cannot span an async generator's yields (it would fire in the
+    caller's own awaits between chunks), and a scope per chunk costs a timer per
+    chunk; this arms one timer and cancels the task only while it waits in
+    ``wait``, turning that cancellation into ``TimeoutError``.
+    """
+
+    def __init__(self, seconds: float):
+        self.expired = False
+        self._waiting: asyncio.Task[Any] | None = None
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_at(loop.time() + seconds, self._expire)
+
+    def _expire(self) -> None:
+        self.expired = True
+        if self._waiting is not None:
+            self._waiting.cancel()
+
+    async def wait(self, step: Awaitable[T]) -> T:
+        if self.expired:
+            close = getattr(step, "close", None)
+            if close is not None:
+                close()  # never started: release it without a "never awaited" warning
+            raise TimeoutError
+        task = asyncio.current_task()
+        assert task is not None
+        cancelling = task.cancelling()
+        self._waiting = task
+        try:
+            return await step
+        except asyncio.CancelledError:
+            if self.expired and task.uncancel() <= cancelling:
+                raise TimeoutError from None
+            raise
+        finally:
+            self._waiting = None
+
+    def close(self) -> None:
+        self._timer.cancel()
 
 
 @dataclass
@@ -142,16 +187,13 @@ class Call:
         assert self.engine is not None and self.request is not None
         parts: list[str] = []
         last = ChatChunk()
-        # The deadline guards each wait for the engine, not the caller's own awaits
-        # between chunks (a timeout scope cannot span a generator's yields).
         timeout = self.gateway.config.settings.request_timeout
-        deadline = asyncio.get_running_loop().time() + timeout
+        deadline = _StreamDeadline(timeout)
         chunks = self.engine.stream(self.request, deadline=time.monotonic() + timeout)
         try:
             while True:
                 try:
-                    async with asyncio.timeout_at(deadline):
-                        chunk = await anext(chunks)
+                    chunk = await deadline.wait(anext(chunks))
                 except StopAsyncIteration:
                     break
                 if self.first_token_at is None:
@@ -174,6 +216,7 @@ class Call:
             )
             raise
         finally:
+            deadline.close()
             await chunks.aclose()  # type: ignore[attr-defined]
         text = "".join(parts)
         usage = last.usage
