@@ -231,10 +231,14 @@ class Call:
     async def result(self) -> ChatResult:
         """The whole answer at once (not streamed)."""
         assert self.engine is not None and self.request is not None
+        timeout = self.gateway.config.settings.request_timeout
+        deadline = time.monotonic() + timeout
         try:
-            timeout = self.gateway.config.settings.request_timeout
-            async with asyncio.timeout(timeout):
-                result = await self.engine.chat(self.request, deadline=time.monotonic() + timeout)
+            if self.engine.capabilities.chat_honours_deadline:
+                result = await self.engine.chat(self.request, deadline=deadline)
+            else:
+                async with asyncio.timeout(timeout):
+                    result = await self.engine.chat(self.request, deadline=deadline)
         except TimeoutError:
             error = UpstreamTimeout(self._deadline_message())
             self.finish(error=error)

@@ -175,7 +175,8 @@ class HTTPProvider:
         if budget < self.timeout:
             return UpstreamTimeout(
                 f"the {self.engine} upstream for model {self.model.alias!r} did not answer "
-                f"in the {budget:.3g} s left before the request's deadline"
+                f"in the {budget:.3g} s left before the request's deadline "
+                "(setting request_timeout)"
             )
         return UpstreamTimeout(
             f"the {self.engine} upstream for model {self.model.alias!r} did not answer "

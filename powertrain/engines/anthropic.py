@@ -207,7 +207,11 @@ class AnthropicEngine(Engine):
 
     name: ClassVar[str] = "anthropic"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        streaming=True, json_schema=False, embeddings=False, tools=False
+        streaming=True,
+        json_schema=False,
+        embeddings=False,
+        tools=False,
+        chat_honours_deadline=True,
     )
 
     def __init__(self, model: ModelConfig):

@@ -20,6 +20,9 @@ class Capabilities:
     embeddings: bool = False
     tools: bool = False
     exact_token_count: bool = False  # counts with the model's own tokenizer
+    # ``chat`` never runs past its ``deadline`` argument (every wait, retry and
+    # backoff is bounded by it), so the gateway needs no timer of its own around it.
+    chat_honours_deadline: bool = False
 
 
 class Engine(ABC):

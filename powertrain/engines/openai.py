@@ -122,7 +122,7 @@ class OpenAIEngine(Engine):
 
     name: ClassVar[str] = "openai"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        streaming=True, json_schema=True, embeddings=True, tools=True
+        streaming=True, json_schema=True, embeddings=True, tools=True, chat_honours_deadline=True
     )
 
     def __init__(self, model: ModelConfig):

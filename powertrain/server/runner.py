@@ -55,5 +55,5 @@ def serve(
     # allocates a few hundred objects, nearly all freed by reference counting).
     gc.collect()
     gc.freeze()
-    gc.set_threshold(20_000, 20, 20)
+    gc.set_threshold(100_000, 50, 50)
     GracefulServer(config).run()
