@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pluggy
@@ -23,12 +23,12 @@ from powertrain.errors import (
 )
 from powertrain.plugins import Specs
 from powertrain.schemas import ChatChunk, ChatCompletionRequest, ChatMessage
+from tests.engine_helpers import EngineMaker, collect, error_chain
 from tests.fakes import FakeAnthropic
 
 KEY = "sk-ant-test-5ecret-do-not-leak"
-FAST_RETRIES = {"retry_backoff_base": 0.01, "retry_backoff_max": 0.05}
 
-MakeEngine = Callable[..., Awaitable[AnthropicEngine]]
+MakeEngine = EngineMaker[AnthropicEngine]
 
 
 @pytest.fixture
@@ -40,26 +40,16 @@ async def upstream() -> AsyncIterator[FakeAnthropic]:
 
 @pytest.fixture
 async def make_engine(upstream: FakeAnthropic) -> AsyncIterator[MakeEngine]:
-    engines: list[AnthropicEngine] = []
-
-    async def make(**overrides: Any) -> AnthropicEngine:
-        fields: dict[str, Any] = {
-            "alias": "claude",
-            "engine": "anthropic",
-            "model": "claude-sonnet-4-5",
-            "base_url": upstream.url,
-            "api_key": KEY,
-            "options": dict(FAST_RETRIES),
-        }
-        fields.update(overrides)
-        engine = AnthropicEngine(ModelConfig(**fields))
-        engines.append(engine)
-        await engine.start()
-        return engine
-
-    yield make
-    for engine in engines:
-        await engine.aclose()
+    maker = EngineMaker(
+        AnthropicEngine,
+        alias="claude",
+        engine="anthropic",
+        model="claude-sonnet-4-5",
+        base_url=upstream.url,
+        api_key=KEY,
+    )
+    yield maker
+    await maker.aclose()
 
 
 @pytest.fixture
@@ -77,20 +67,6 @@ def chat_request(*messages: tuple[str, str], **fields: Any) -> ChatCompletionReq
             **fields,
         }
     )
-
-
-async def collect(chunks: AsyncIterator[ChatChunk], into: list[ChatChunk]) -> None:
-    async for chunk in chunks:
-        into.append(chunk)
-
-
-def error_chain(exc: BaseException) -> list[BaseException]:
-    chain: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in chain:
-        chain.append(current)
-        current = current.__cause__ or current.__context__
-    return chain
 
 
 # --------------------------------------------------------------------------- chat

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from email.utils import formatdate
 from typing import Any
 
@@ -28,13 +28,13 @@ from powertrain.errors import (
 )
 from powertrain.plugins import Specs
 from powertrain.schemas import ChatChunk, ChatCompletionRequest
+from tests.engine_helpers import FAST_RETRIES, EngineMaker, collect, error_chain
 from tests.fakes import FakeOpenAI
 from tests.fakes.upstreams import fake_embedding
 
 KEY = "sk-test-5ecret-do-not-leak"
-FAST_RETRIES = {"retry_backoff_base": 0.01, "retry_backoff_max": 0.05}
 
-MakeEngine = Callable[..., Awaitable[OpenAIEngine]]
+MakeEngine = EngineMaker[OpenAIEngine]
 
 
 @pytest.fixture
@@ -45,26 +45,16 @@ async def upstream() -> AsyncIterator[FakeOpenAI]:
 
 @pytest.fixture
 async def make_engine(upstream: FakeOpenAI) -> AsyncIterator[MakeEngine]:
-    engines: list[OpenAIEngine] = []
-
-    async def make(**overrides: Any) -> OpenAIEngine:
-        fields: dict[str, Any] = {
-            "alias": "gpt",
-            "engine": "openai",
-            "model": "gpt-4o-mini",
-            "base_url": upstream.url,
-            "api_key": KEY,
-            "options": dict(FAST_RETRIES),
-        }
-        fields.update(overrides)
-        engine = OpenAIEngine(ModelConfig(**fields))
-        engines.append(engine)
-        await engine.start()
-        return engine
-
-    yield make
-    for engine in engines:
-        await engine.aclose()
+    maker = EngineMaker(
+        OpenAIEngine,
+        alias="gpt",
+        engine="openai",
+        model="gpt-4o-mini",
+        base_url=upstream.url,
+        api_key=KEY,
+    )
+    yield maker
+    await maker.aclose()
 
 
 @pytest.fixture
@@ -78,20 +68,6 @@ def chat_request(
     return ChatCompletionRequest.model_validate(
         {"model": "gpt", "messages": [{"role": "user", "content": text}], **fields}
     )
-
-
-async def collect(chunks: AsyncIterator[ChatChunk], into: list[ChatChunk]) -> None:
-    async for chunk in chunks:
-        into.append(chunk)
-
-
-def error_chain(exc: BaseException) -> list[BaseException]:
-    chain: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in chain:
-        chain.append(current)
-        current = current.__cause__ or current.__context__
-    return chain
 
 
 # --------------------------------------------------------------------------- chat
