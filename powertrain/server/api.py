@@ -45,7 +45,8 @@ async def readyz(request: Request) -> JSONResponse:
             conn.execute(text("SELECT 1"))
 
     try:
-        await asyncio.wait_for(asyncio.to_thread(ping), timeout=5)
+        async with asyncio.timeout(5):
+            await asyncio.to_thread(ping)
     except Exception as exc:
         return JSONResponse({"status": "unavailable", "store": type(exc).__name__}, status_code=503)
     return JSONResponse({"status": "ready", "pending_traces": gateway.traces.pending})
