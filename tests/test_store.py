@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from powertrain.errors import ConfigError
 from powertrain.schemas.trace import Trace
 from powertrain.store import Database, TraceFilter, TraceStore
 from powertrain.store.migrate import current_revision, head_revision
@@ -132,3 +133,9 @@ def test_time_filters_honour_offsets(store: TraceStore) -> None:
     since = (now - timedelta(hours=1, minutes=30)).astimezone(plus_two)
     found = store.list(TraceFilter(model=model, since=since), limit=10).data
     assert len(found) == 2
+
+
+@pytest.mark.parametrize("url", ["mysql://root@127.0.0.1/test", "not a url at all"])
+def test_unsupported_or_malformed_store_urls_are_clear(url: str) -> None:
+    with pytest.raises(ConfigError, match="database_url"):
+        Database(url)

@@ -11,6 +11,8 @@ from sqlalchemy.engine import make_url
 
 from powertrain.errors import ConfigError
 
+SUPPORTED_BACKENDS = frozenset({"sqlite", "postgresql"})
+
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
@@ -37,6 +39,11 @@ class Database:
         if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
         self.dialect = parsed.get_backend_name()
+        if self.dialect not in SUPPORTED_BACKENDS:
+            raise ConfigError(
+                f"database_url uses {self.dialect!r}; powertrain stores data in SQLite "
+                "(sqlite:///path.db) or PostgreSQL (postgresql+psycopg://host/db)"
+            )
         # orjson instead of the json module for JSON columns: traces are written in bulk.
         kwargs: dict[str, Any] = {
             "json_serializer": lambda value: orjson.dumps(value).decode(),

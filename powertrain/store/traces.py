@@ -48,10 +48,8 @@ class TraceStore:
         columns = ", ".join(_COLUMNS)
         if self.db.dialect == "postgresql":
             marks = ", ".join("%s::jsonb" if c in _JSON_COLUMNS else "%s" for c in _COLUMNS)
-        elif self.db.dialect == "sqlite":
+        else:  # sqlite; Database refuses any other backend
             marks = ", ".join("?" for _ in _COLUMNS)
-        else:
-            raise NotImplementedError(f"traces on {self.db.dialect} are not supported")
         return f"INSERT INTO traces ({columns}) VALUES ({marks}) ON CONFLICT (id) DO NOTHING"
 
     def to_rows(self, batch: Sequence[Trace]) -> list[tuple[Any, ...]]:
