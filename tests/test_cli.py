@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -114,6 +115,17 @@ def test_serve_refuses_public_bind_without_auth() -> None:
     result = cli("serve", "--host", "0.0.0.0", "--port", "1", check=False, timeout=30)
     assert result.returncode == 1
     assert "POWERTRAIN_ADMIN_KEY" in result.stderr
+
+
+def test_serve_on_a_taken_port_is_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = cli("serve", "--port", port, check=False, timeout=30)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "--port" in lines[0]
 
 
 def test_settings_json_lists_every_setting() -> None:

@@ -4,11 +4,30 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 
 import click
 
 from powertrain.cli._common import config_option, err_console, friendly_errors, load
 from powertrain.errors import ConfigError
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail in one line before loading anything when the address is taken."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        raise ConfigError(f"cannot resolve host {host!r}; pass an address to --host") from None
+    family, kind, proto, _name, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {host}:{port} ({exc.strerror}); stop the other server "
+                "or choose another --port"
+            ) from None
 
 
 def _is_loopback(host: str) -> bool:
@@ -63,6 +82,8 @@ def serve(
             f"refusing to serve on {host} without authentication: set POWERTRAIN_ADMIN_KEY, "
             "or pass --allow-no-auth if this network is trusted"
         )
+    if port:
+        _check_port_free(host, port)
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     app = create_app(config)
     where = config.path or "no powertrain.toml (defaults)"
