@@ -112,9 +112,6 @@ class Catalog:
                 "add it under [models] in powertrain.toml"
             ) from None
 
-    def add(self, model: ModelConfig) -> None:
-        self._models[model.alias] = model
-
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(sorted(self._models.values(), key=lambda m: m.alias))
 

@@ -174,10 +174,3 @@ class StreamInterrupted(EngineError):
     """The upstream stream broke after the first byte; nothing may be retried."""
 
     code = "stream_interrupted"
-
-
-class ClientDisconnected(PowertrainError):
-    """The caller went away; used to mark traces, never sent to anyone."""
-
-    status_code = 499
-    error_type = "client_disconnected"

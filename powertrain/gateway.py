@@ -20,7 +20,6 @@ from powertrain.config import Config
 from powertrain.engines.base import Engine, estimate_tokens
 from powertrain.engines.registry import EnginePool
 from powertrain.errors import (
-    ClientDisconnected,
     ContextWindowExceeded,
     InvalidRequest,
     ModelNotFound,
@@ -152,7 +151,7 @@ class Call:
             t.status, t.http_status = "ok", 200
         else:
             scrub = self.gateway.scrubber.text
-            if isinstance(error, ClientDisconnected | asyncio.CancelledError | GeneratorExit):
+            if isinstance(error, asyncio.CancelledError | GeneratorExit):
                 t.status, t.error_type, t.http_status = "cancelled", "client_disconnected", 499
                 t.error_message = "the client disconnected before the answer was complete"
             elif isinstance(error, PowertrainError):

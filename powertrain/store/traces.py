@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 from pydantic import BaseModel, Field
-from sqlalchemy import delete, func, select
+from sqlalchemy import Select, delete, func, select
 
 from powertrain.schemas.trace import TRACE_ADAPTER, Trace
 from powertrain.store.db import Database
@@ -86,15 +86,7 @@ class TraceStore:
     def list(
         self, filters: TraceFilter, *, limit: int = 50, cursor: str | None = None
     ) -> TracePage:
-        query = select(traces).order_by(traces.c.id.desc()).limit(limit + 1)
-        for column in ("model", "status", "task", "api_key_id"):
-            value = getattr(filters, column)
-            if value is not None:
-                query = query.where(traces.c[column] == _without_nul(value))
-        if filters.since is not None:
-            query = query.where(traces.c.created_at >= _utc(filters.since))
-        if filters.until is not None:
-            query = query.where(traces.c.created_at < _utc(filters.until))
+        query = _filtered(select(traces), filters).order_by(traces.c.id.desc()).limit(limit + 1)
         if cursor:
             query = query.where(traces.c.id < _without_nul(cursor))
         with self.db.engine.connect() as conn:
@@ -104,9 +96,7 @@ class TraceStore:
         return TracePage(data=data, next_cursor=next_cursor)
 
     def count(self, filters: TraceFilter | None = None) -> int:
-        query = select(func.count()).select_from(traces)
-        if filters and filters.model:
-            query = query.where(traces.c.model == _without_nul(filters.model))
+        query = _filtered(select(func.count()).select_from(traces), filters or TraceFilter())
         with self.db.engine.connect() as conn:
             return int(conn.execute(query).scalar_one())
 
@@ -114,6 +104,19 @@ class TraceStore:
         with self.db.engine.begin() as conn:
             query = delete(traces).where(traces.c.id == _without_nul(trace_id))
             return conn.execute(query).rowcount > 0
+
+
+def _filtered(query: Select[Any], filters: TraceFilter) -> Select[Any]:
+    """``query`` narrowed by every filter that is set (values always bound, never inlined)."""
+    for column in ("model", "status", "task", "api_key_id"):
+        value = getattr(filters, column)
+        if value is not None:
+            query = query.where(traces.c[column] == _without_nul(value))
+    if filters.since is not None:
+        query = query.where(traces.c.created_at >= _utc(filters.since))
+    if filters.until is not None:
+        query = query.where(traces.c.created_at < _utc(filters.until))
+    return query
 
 
 def _sqlite_datetime(moment: datetime) -> str:

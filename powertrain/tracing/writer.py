@@ -64,7 +64,6 @@ class TraceWriter:
         # The spill file has its own lock: ``submit`` spills on the event loop and must
         # never wait behind a store write that is hanging on a dead connection.
         self._spill_lock = threading.Lock()
-        self._closing = False
         self.written = 0
         self.spilled = 0
         self.rejected = 0
@@ -130,7 +129,6 @@ class TraceWriter:
 
     async def aclose(self) -> None:
         """Stop the background task and write (or spill) whatever is pending."""
-        self._closing = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
