@@ -16,11 +16,14 @@ from powertrain.errors import (
     EngineOverloaded,
     InvalidRequest,
     ModelNotFound,
+    OutputInvalid,
     PowertrainError,
     RateLimited,
+    TaskNotFound,
     UpstreamError,
     UpstreamTimeout,
 )
+from powertrain.tasks import TaskResult
 
 __all__ = [
     "AsyncClient",
@@ -32,9 +35,12 @@ __all__ = [
     "EngineOverloaded",
     "InvalidRequest",
     "ModelNotFound",
+    "OutputInvalid",
     "PowertrainError",
     "RateLimited",
     "Reply",
+    "TaskNotFound",
+    "TaskResult",
     "UpstreamError",
     "UpstreamTimeout",
     "__version__",

@@ -14,6 +14,7 @@ from powertrain.gateway import CallContext, Gateway
 from powertrain.schemas import ChatCompletionRequest, Usage
 from powertrain.schemas.trace import Trace
 from powertrain.store import TraceFilter
+from powertrain.tasks import TaskPlan, TaskResult
 
 Messages = str | list[dict[str, Any]]
 
@@ -107,6 +108,34 @@ class AsyncClient:
         finally:
             await chunks.aclose()  # type: ignore[attr-defined]
 
+    async def run_task(
+        self,
+        name: str,
+        variables: dict[str, Any] | None = None,
+        *,
+        variant: str | None = None,
+        version: int | str | None = None,
+    ) -> TaskResult:
+        """Run task ``name``; the output is validated against its schema (or it raises)."""
+        await self.gateway.start()
+        return await self.gateway.tasks.run(
+            name, variables, CallContext(source=self._source), variant=variant, version=version
+        )
+
+    async def render_task(
+        self,
+        name: str,
+        variables: dict[str, Any] | None = None,
+        *,
+        variant: str | None = None,
+        version: int | str | None = None,
+    ) -> TaskPlan:
+        """What ``run_task`` would send (messages, model, version), without calling the model."""
+        await self.gateway.start()
+        return await self.gateway.tasks.render(
+            name, variables or {}, variant=variant, version=version
+        )
+
     async def traces(
         self, *, limit: int = 20, model: str | None = None, status: str | None = None
     ) -> list[Trace]:
@@ -170,6 +199,30 @@ class Client:
                     return
         finally:
             self._run(agen.aclose())
+
+    def run_task(
+        self,
+        name: str,
+        variables: dict[str, Any] | None = None,
+        *,
+        variant: str | None = None,
+        version: int | str | None = None,
+    ) -> TaskResult:
+        return self._run(  # type: ignore[no-any-return]
+            self._async.run_task(name, variables, variant=variant, version=version)
+        )
+
+    def render_task(
+        self,
+        name: str,
+        variables: dict[str, Any] | None = None,
+        *,
+        variant: str | None = None,
+        version: int | str | None = None,
+    ) -> TaskPlan:
+        return self._run(  # type: ignore[no-any-return]
+            self._async.render_task(name, variables, variant=variant, version=version)
+        )
 
     def traces(
         self, *, limit: int = 20, model: str | None = None, status: str | None = None

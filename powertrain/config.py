@@ -1,4 +1,4 @@
-"""Reading ``powertrain.toml``: settings, the model catalog and (later) tasks."""
+"""Reading ``powertrain.toml``: settings, the model catalog and tasks."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from powertrain.catalog import Catalog
-from powertrain.errors import ConfigError
+from powertrain.errors import ConfigError, PowertrainError
 from powertrain.settings import Settings, load_settings
+from powertrain.tasks.definition import TaskDefinition, check_models
 
 CONFIG_FILE_NAME = "powertrain.toml"
 
@@ -21,6 +22,7 @@ class Config:
     catalog: Catalog
     path: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict)
+    tasks: dict[str, TaskDefinition] = field(default_factory=dict)
 
     def secrets(self) -> list[str]:
         """Every secret value configured, so they can be scrubbed from any text we emit."""
@@ -59,4 +61,23 @@ def load_config(path: str | Path | None = None, environ: dict[str, str] | None =
         raise ConfigError(f"{file}: unknown top-level table(s): {', '.join(sorted(unknown))}")
     settings = load_settings(raw.get("settings", {}), environ)
     catalog = Catalog.from_config(raw.get("models", {}))
-    return Config(settings=settings, catalog=catalog, path=file, raw=raw)
+    tasks = _load_tasks(raw.get("tasks", {}), catalog, file)
+    return Config(settings=settings, catalog=catalog, path=file, raw=raw, tasks=tasks)
+
+
+def _load_tasks(table: Any, catalog: Catalog, file: Path | None) -> dict[str, TaskDefinition]:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{file}: [tasks] must be a table of tasks")
+    base_dir = file.parent if file is not None else Path.cwd()
+    tasks: dict[str, TaskDefinition] = {}
+    for name, entry in table.items():
+        where = f"[tasks.{name}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{file}: {where} must be a table")
+        try:
+            definition = TaskDefinition.parse(name, entry, base_dir=base_dir, where=where)
+            check_models(definition.settings, catalog, where)
+        except PowertrainError as exc:
+            raise ConfigError(f"{file}: {exc.message}") from None
+        tasks[name] = definition
+    return tasks

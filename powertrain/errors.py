@@ -90,6 +90,20 @@ class ModelNotFound(NotFound):
     code = "model_not_found"
 
 
+class TaskNotFound(ModelNotFound):
+    """No such task; a ``model="task:<name>"`` naming none is a model not found too."""
+
+    code = "task_not_found"
+
+
+class Conflict(PowertrainError):
+    """The change collides with what exists (a name taken, a file-owned task)."""
+
+    status_code = 409
+    error_type = "invalid_request_error"
+    code = "conflict"
+
+
 class EngineError(PowertrainError):
     """An engine failed to produce an answer."""
 
@@ -168,6 +182,12 @@ class UpstreamError(EngineError):
     @property
     def retryable(self) -> bool:
         return self.upstream_status == 429 or self.upstream_status >= 500
+
+
+class OutputInvalid(EngineError):
+    """The model's output did not satisfy the task's contract, even after repairs."""
+
+    code = "output_invalid"
 
 
 class StreamInterrupted(EngineError):

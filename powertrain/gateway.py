@@ -1,39 +1,35 @@
 """The request path: one call in, one answer (or stream) out, and exactly one trace.
 
-Stages run in order — resolve the model, apply its defaults, check limits and
-the context window, call the engine under a deadline — and every outcome,
-success, error, timeout or a caller who left, ends in ``Call.finish`` which
-submits one trace to the writer. Later stages (guardrails, cache, routing,
-tasks) slot in here; the server, the CLI and the Python API all go through it.
+Stages run in order — resolve the model (or hand ``task:<name>`` to the task
+runner), apply its defaults, check limits and the context window, call the
+engine under a deadline — and every outcome ends in ``Call.finish``, which
+submits one trace to the writer. Later stages (guardrails, cache, routing)
+slot in here; the server, the CLI and the Python API all go through it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Protocol
 
+from powertrain.calls import Call, CallContext
 from powertrain.catalog import ModelConfig, ModelRef
 from powertrain.config import Config
-from powertrain.engines.base import Engine, estimate_tokens
+from powertrain.engines.base import Engine
 from powertrain.engines.registry import EnginePool
-from powertrain.errors import (
-    ContextWindowExceeded,
-    InvalidRequest,
-    ModelNotFound,
-    PowertrainError,
-    UpstreamTimeout,
-)
+from powertrain.errors import ContextWindowExceeded, InvalidRequest, PowertrainError
 from powertrain.redact import SecretScrubber
-from powertrain.schemas import ChatChunk, ChatCompletionRequest, ChatResult, EmbeddingResult, Usage
+from powertrain.schemas import ChatChunk, ChatCompletionRequest, ChatResult, EmbeddingResult
 from powertrain.schemas.embeddings import EmbeddingRequest
 from powertrain.schemas.trace import Trace
-from powertrain.store import Database, TraceStore
+from powertrain.store import Database, TaskStore, TraceStore
+from powertrain.tasks.registry import TaskRegistry
+from powertrain.tasks.runner import TaskRunner
 from powertrain.tracing import TraceWriter
 
-T = TypeVar("T")
+__all__ = ["Call", "CallContext", "ChatCall", "Gateway"]
 
 # Request fields a catalog entry's ``params`` may default.
 _DEFAULTABLE = (
@@ -47,219 +43,18 @@ _DEFAULTABLE = (
 )
 
 
-@dataclass
-class CallContext:
-    """Who is calling and how; recorded on the trace."""
-
-    api_key_id: str | None = None
-    source: str = "api"  # api | cli | python
-    raw_request: dict[str, Any] | None = None  # the body as sent, to store without re-dumping
-
-
-class _StreamDeadline:
-    """One timer for a whole stream, which interrupts only a wait on the engine.
-
-    A timeout scope cannot span an async generator's yields (it would fire in the
-    caller's own awaits between chunks), and a scope per chunk costs a timer per
-    chunk; this arms one timer and cancels the task only while it waits in
-    ``wait``, turning that cancellation into ``TimeoutError``.
-    """
-
-    def __init__(self, seconds: float):
-        self.expired = False
-        self._waiting: asyncio.Task[Any] | None = None
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_at(loop.time() + seconds, self._expire)
-
-    def _expire(self) -> None:
-        self.expired = True
-        if self._waiting is not None:
-            self._waiting.cancel()
-
-    async def wait(self, step: Awaitable[T]) -> T:
-        if self.expired:
-            close = getattr(step, "close", None)
-            if close is not None:
-                close()  # never started: release it without a "never awaited" warning
-            raise TimeoutError
-        task = asyncio.current_task()
-        assert task is not None
-        cancelling = task.cancelling()
-        self._waiting = task
-        try:
-            return await step
-        except asyncio.CancelledError:
-            if self.expired and task.uncancel() <= cancelling:
-                raise TimeoutError from None
-            raise
-        finally:
-            self._waiting = None
-
-    def close(self) -> None:
-        self._timer.cancel()
-
-
-@dataclass
-class Call:
-    """One call in flight. ``finish`` records its trace exactly once."""
-
-    gateway: Gateway
-    trace: Trace
-    started: float = field(default_factory=time.perf_counter)
-    engine: Engine | None = None
-    model: ModelConfig | None = None
-    request: ChatCompletionRequest | None = None
-    first_token_at: float | None = None
-    _finished: bool = False
+class ChatCall(Protocol):
+    """What ``Gateway.prepare`` hands back: a model call, or a task call shaped like one."""
 
     @property
-    def trace_id(self) -> str:
-        return self.trace.id
+    def trace_id(self) -> str: ...
 
     @property
-    def completion_id(self) -> str:
-        return "chatcmpl-" + self.trace.id[3:]
+    def completion_id(self) -> str: ...
 
-    def finish(
-        self,
-        *,
-        output: str | None = None,
-        finish_reason: str | None = None,
-        usage: Usage | None = None,
-        usage_estimated: bool = False,
-        compute_seconds: float | None = None,
-        error: BaseException | None = None,
-    ) -> None:
-        if self._finished:
-            return
-        self._finished = True
-        now = time.perf_counter()
-        t = self.trace
-        t.latency_ms = (now - self.started) * 1000
-        if self.first_token_at is not None:
-            t.ttft_ms = (self.first_token_at - self.started) * 1000
-        t.output = output
-        t.finish_reason = finish_reason
-        if usage is not None:
-            t.prompt_tokens, t.completion_tokens = usage.prompt_tokens, usage.completion_tokens
-        if usage_estimated:
-            t.metadata["usage_estimated"] = True
-        if self.model is not None:
-            t.cost_usd = self.model.cost(t.prompt_tokens, t.completion_tokens)
-        t.compute_seconds = compute_seconds
-        if error is None:
-            t.status, t.http_status = "ok", 200
-        else:
-            scrub = self.gateway.scrubber.text
-            if isinstance(error, asyncio.CancelledError | GeneratorExit):
-                t.status, t.error_type, t.http_status = "cancelled", "client_disconnected", 499
-                t.error_message = "the client disconnected before the answer was complete"
-            elif isinstance(error, PowertrainError):
-                t.status, t.error_type = "error", error.error_type
-                t.error_message, t.http_status = scrub(error.message), error.status_code
-            else:
-                t.status, t.error_type, t.http_status = "error", type(error).__name__, 500
-                t.error_message = scrub(str(error)) or type(error).__name__
-        if self.engine is not None:
-            t.attempts.append(
-                {
-                    "model": t.model,
-                    "engine": self.engine.name,
-                    "status": t.status,
-                    "latency_ms": t.latency_ms,
-                    "error": t.error_message,
-                }
-            )
-        self.gateway.traces.submit(t)
+    async def result(self) -> ChatResult: ...
 
-    def _usage_of_partial(self, text: str) -> Usage:
-        prompt = 0
-        if self.engine is not None and self.request is not None:
-            try:
-                prompt = self.engine.count_tokens(self.request)
-            except Exception:
-                prompt = 0
-        return Usage(prompt_tokens=prompt, completion_tokens=estimate_tokens(text) if text else 0)
-
-    async def stream(self) -> AsyncIterator[ChatChunk]:
-        """The engine's chunks, traced; cancelling or abandoning it stops the engine."""
-        assert self.engine is not None and self.request is not None
-        parts: list[str] = []
-        last = ChatChunk()
-        timeout = self.gateway.config.settings.request_timeout
-        deadline = _StreamDeadline(timeout)
-        chunks = self.engine.stream(self.request, deadline=time.monotonic() + timeout)
-        try:
-            while True:
-                try:
-                    chunk = await deadline.wait(anext(chunks))
-                except StopAsyncIteration:
-                    break
-                if self.first_token_at is None:
-                    self.first_token_at = time.perf_counter()
-                if chunk.delta:
-                    parts.append(chunk.delta)
-                last = chunk
-                yield chunk
-        except TimeoutError:
-            text = "".join(parts)
-            error = UpstreamTimeout(self._deadline_message())
-            self.finish(
-                output=text, usage=self._usage_of_partial(text), usage_estimated=True, error=error
-            )
-            raise error from None
-        except BaseException as exc:
-            text = "".join(parts)
-            self.finish(
-                output=text, usage=self._usage_of_partial(text), usage_estimated=True, error=exc
-            )
-            raise
-        finally:
-            deadline.close()
-            await chunks.aclose()  # type: ignore[attr-defined]
-        text = "".join(parts)
-        usage = last.usage
-        self.finish(
-            output=text,
-            finish_reason=last.finish_reason or "stop",
-            usage=usage or self._usage_of_partial(text),
-            usage_estimated=usage is None,
-            compute_seconds=last.compute_seconds,
-        )
-
-    async def result(self) -> ChatResult:
-        """The whole answer at once (not streamed)."""
-        assert self.engine is not None and self.request is not None
-        timeout = self.gateway.config.settings.request_timeout
-        deadline = time.monotonic() + timeout
-        try:
-            if self.engine.capabilities.chat_honours_deadline:
-                result = await self.engine.chat(self.request, deadline=deadline)
-            else:
-                async with asyncio.timeout(timeout):
-                    result = await self.engine.chat(self.request, deadline=deadline)
-        except TimeoutError:
-            error = UpstreamTimeout(self._deadline_message())
-            self.finish(error=error)
-            raise error from None
-        except BaseException as exc:
-            self.finish(error=exc)
-            raise
-        self.first_token_at = time.perf_counter()
-        self.finish(
-            output=result.content,
-            finish_reason=result.finish_reason,
-            usage=result.usage,
-            compute_seconds=result.compute_seconds,
-        )
-        return result
-
-    def _deadline_message(self) -> str:
-        timeout = self.gateway.config.settings.request_timeout
-        return (
-            f"model {self.trace.model!r} did not answer within the {timeout:g} s deadline "
-            "(setting request_timeout)"
-        )
+    def stream(self) -> AsyncIterator[ChatChunk]: ...
 
 
 class Gateway:
@@ -281,10 +76,19 @@ class Gateway:
             scrubber=self.scrubber,
         )
         self.engines = EnginePool(config.catalog)
+        self.task_store = TaskStore(self.database)
+        self.tasks = TaskRunner(
+            self,
+            TaskRegistry(
+                self.task_store, config.tasks, refresh_interval=settings.task_refresh_interval
+            ),
+        )
         self._started = False
 
     async def start(self) -> None:
         if not self._started:
+            # Tasks from powertrain.toml reach the store before the first call can name one.
+            await asyncio.to_thread(self.tasks.registry.sync_config)
             await self.traces.start()
             self._started = True
 
@@ -304,9 +108,13 @@ class Gateway:
         await self.aclose()
 
     # -- chat ---------------------------------------------------------------
-    async def prepare(self, request: ChatCompletionRequest, ctx: CallContext | None = None) -> Call:
+    async def prepare(
+        self, request: ChatCompletionRequest, ctx: CallContext | None = None
+    ) -> ChatCall:
         """Resolve and check a request; any refusal here is traced and raised."""
         ctx = ctx or CallContext()
+        if request.model.startswith("task:") and request.model != "task:":
+            return await self.tasks.prepare_chat(ModelRef.parse(request.model).name, request, ctx)
         raw = (
             ctx.raw_request
             if ctx.raw_request is not None
@@ -324,13 +132,15 @@ class Gateway:
         )
         try:
             ref = ModelRef.parse(request.model)
-            if ref.kind == "task":
-                raise ModelNotFound(f"no task named {ref.name!r} is defined", param="model")
-            call.model = self.config.catalog.get(ref.name)
-            call.trace.engine = call.model.engine
-            call.engine = self.engines.started(ref.name) or await self.engines.get(ref.name)
-            call.request = self._with_defaults(request, call.model)
-            self._check(call.request, call.engine)
+            if request.task_fields:
+                raise InvalidRequest(
+                    f'{request.task_fields[0]!r} is only for task models (model="task:<name>")',
+                    param=request.task_fields[0],
+                )
+            await self.attach(call, ref.name)
+            assert call.model is not None and call.engine is not None
+            call.request = self.with_defaults(request, call.model)
+            self.check(call.request, call.engine)
         except BaseException as exc:
             call.finish(error=exc)
             if isinstance(exc, PowertrainError):
@@ -342,11 +152,17 @@ class Gateway:
         self,
         request: ChatCompletionRequest,
         ctx: CallContext | None = None,
-    ) -> tuple[Call, ChatResult]:
+    ) -> tuple[ChatCall, ChatResult]:
         call = await self.prepare(request, ctx)
         return call, await call.result()
 
-    def _with_defaults(
+    async def attach(self, call: Call, alias: str) -> None:
+        """Bind a call to a catalog model and its (started) engine."""
+        call.model = self.config.catalog.get(alias)
+        call.trace.engine = call.model.engine
+        call.engine = self.engines.started(alias) or await self.engines.get(alias)
+
+    def with_defaults(
         self, request: ChatCompletionRequest, model: ModelConfig
     ) -> ChatCompletionRequest:
         if not model.params:
@@ -358,7 +174,8 @@ class Gateway:
         }
         return request.model_copy(update=updates) if updates else request
 
-    def _check(self, request: ChatCompletionRequest, engine: Engine) -> None:
+    def check(self, request: ChatCompletionRequest, engine: Engine) -> None:
+        """Limits, engine capabilities and the context window, before any work is spent."""
         limit = self.config.settings.max_messages
         if len(request.messages) > limit:
             raise InvalidRequest(

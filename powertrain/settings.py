@@ -62,6 +62,12 @@ class Settings(BaseModel):
         description="Traces held in memory while the store is down; beyond it they spill to "
         "a JSONL file under `home` instead of being dropped.",
     )
+    task_refresh_interval: float = Field(
+        default=2.0,
+        ge=0,
+        description="How long a worker serves a task's versions and labels from memory before "
+        "reading the store again (s); label moves on other workers show up after it.",
+    )
     shutdown_grace: float = Field(
         default=30.0, ge=0, description="How long live streams may finish on SIGTERM (s)."
     )

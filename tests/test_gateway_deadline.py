@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from powertrain.gateway import _StreamDeadline
+from powertrain.calls import _StreamDeadline
 
 
 async def test_expiry_during_a_wait_becomes_a_timeout() -> None:

@@ -121,6 +121,14 @@ class ChatCompletionRequest(BaseModel):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
+    # powertrain's own fields, for ``model="task:<name>"`` only (extra_body in the SDKs).
+    variables: dict[str, Any] | None = Field(
+        default=None, description="Task variables besides the one the last user message fills."
+    )
+    variant: str | None = Field(default=None, max_length=64, description="Pin a task variant.")
+    include_reasoning: bool | None = Field(
+        default=None, description="Return a chain-of-thought task's reasoning."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -133,6 +141,11 @@ class ChatCompletionRequest(BaseModel):
         if isinstance(value, list) and len(value) > 4:
             raise ValueError("at most 4 stop sequences are allowed")
         return value
+
+    @property
+    def task_fields(self) -> list[str]:
+        """powertrain's task-only fields that this request sets."""
+        return [f for f in ("variables", "variant", "include_reasoning") if getattr(self, f)]
 
     @property
     def max_output_tokens(self) -> int | None:
@@ -184,6 +197,8 @@ class ChatResult(BaseModel):
     tool_calls: list[dict[str, Any]] | None = None
     upstream_id: str | None = None
     compute_seconds: float | None = None  # local engines: time the model spent working
+    reasoning: str | None = None  # a task's chain of thought, when the caller asked for it
+    extra: dict[str, Any] | None = None  # powertrain's own fields (task, variant, version)
 
     def to_openai(
         self, *, completion_id: str, model: str, created: int | None = None
@@ -191,7 +206,9 @@ class ChatResult(BaseModel):
         message: dict[str, Any] = {"role": "assistant", "content": self.content}
         if self.tool_calls:
             message["tool_calls"] = self.tool_calls
-        return {
+        if self.reasoning is not None:
+            message["reasoning_content"] = self.reasoning  # the field vLLM and DeepSeek use
+        body: dict[str, Any] = {
             "id": completion_id,
             "object": "chat.completion",
             "created": created or int(time.time()),
@@ -206,6 +223,9 @@ class ChatResult(BaseModel):
             ],
             "usage": self.usage.to_openai(),
         }
+        if self.extra:
+            body["powertrain"] = self.extra
+        return body
 
 
 class ChatChunk(BaseModel):

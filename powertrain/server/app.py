@@ -25,14 +25,17 @@ from powertrain.errors import (
 from powertrain.gateway import Gateway
 from powertrain.schemas import ChatCompletionRequest
 from powertrain.schemas.embeddings import EmbeddingRequest
-from powertrain.server import api, docs_assets
+from powertrain.server import api, docs_assets, tasks_api
 from powertrain.server.asgi import Message, Receive, Scope, Send, send_error
 from powertrain.server.auth import Access, Authenticator, route_access
-from powertrain.server.openai_routes import OpenAIRoutes
+from powertrain.server.openai_routes import TRACE_HEADER, OpenAIRoutes
 
 
 def _error_response(exc: PowertrainError) -> JSONResponse:
-    return JSONResponse(exc.to_openai(), status_code=exc.status_code, headers=exc.headers)
+    headers = dict(exc.headers)
+    if exc.trace_id:
+        headers[TRACE_HEADER.decode()] = exc.trace_id  # a traced failure names its trace
+    return JSONResponse(exc.to_openai(), status_code=exc.status_code, headers=headers)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -192,6 +195,7 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
     api_app.state.openapi_schema = lambda: _openapi_with_hot_routes(api_app)
     _install_error_handlers(api_app)
     api_app.include_router(api.router)
+    api_app.include_router(tasks_api.router)
     api_app.include_router(docs_assets.router)
     hot = OpenAIRoutes(gateway, authenticator)
     return PowertrainApp(gateway, api_app, hot)

@@ -16,7 +16,7 @@ import traceback
 from typing import Any
 
 from powertrain.errors import PowertrainError, StreamInterrupted
-from powertrain.gateway import Call, CallContext, Gateway
+from powertrain.gateway import CallContext, ChatCall, Gateway
 from powertrain.schemas import ChatCompletionRequest
 from powertrain.schemas.embeddings import EmbeddingRequest
 from powertrain.server.asgi import (
@@ -69,7 +69,7 @@ class OpenAIRoutes:
             await send_error(send, exc)
             return
         watcher = DisconnectWatcher(receive)
-        call: Call | None = None
+        call: ChatCall | None = None
         try:
             call = await self.gateway.prepare(request, ctx)
             if request.stream:
@@ -97,7 +97,7 @@ class OpenAIRoutes:
         finally:
             watcher.stop()
 
-    async def _stream(self, call: Call, request: ChatCompletionRequest, send: Send) -> None:
+    async def _stream(self, call: ChatCall, request: ChatCompletionRequest, send: Send) -> None:
         chunks = call.stream()
         try:
             # The first chunk comes before the headers, so a refusal (busy model,

@@ -1,6 +1,16 @@
 """The store: SQLAlchemy 2 over SQLite (default) or Postgres, same schema and migrations."""
 
 from powertrain.store.db import Database
+from powertrain.store.tasks import SyncOutcome, TaskRecord, TaskStore, TaskVersionRecord
 from powertrain.store.traces import TraceFilter, TracePage, TraceStore
 
-__all__ = ["Database", "TraceFilter", "TracePage", "TraceStore"]
+__all__ = [
+    "Database",
+    "SyncOutcome",
+    "TaskRecord",
+    "TaskStore",
+    "TaskVersionRecord",
+    "TraceFilter",
+    "TracePage",
+    "TraceStore",
+]

@@ -8,12 +8,15 @@ from sqlalchemy import (
     Column,
     DateTime,
     Float,
+    ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     MetaData,
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -51,4 +54,49 @@ traces = Table(
     Index("ix_traces_created_at", "created_at"),
     Index("ix_traces_model_created_at", "model", "created_at"),
     Index("ix_traces_status_created_at", "status", "created_at"),
+)
+
+# Tasks: versioned prompt definitions. The JSON blobs are opaque to the store.
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("source", String(16), nullable=False),  # "config" or "api"
+    Column("definition", JsonType, nullable=False),
+    Column("config_hash", String(64)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# Immutable: a row is written once and only ever removed with its task.
+task_versions = Table(
+    "task_versions",
+    metadata,
+    Column(
+        "task",
+        String(128),
+        ForeignKey("tasks.name", ondelete="CASCADE", name="fk_task_versions_task"),
+        primary_key=True,
+    ),
+    Column("version", Integer, primary_key=True),
+    Column("content", JsonType, nullable=False),
+    Column("content_hash", String(64), nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("task", "content_hash", name="uq_task_versions_task_content_hash"),
+)
+
+task_labels = Table(
+    "task_labels",
+    metadata,
+    Column("task", String(128), primary_key=True),
+    Column("label", String(64), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    ForeignKeyConstraint(
+        ["task", "version"],
+        ["task_versions.task", "task_versions.version"],
+        ondelete="CASCADE",
+        name="fk_task_labels_version",
+    ),
 )

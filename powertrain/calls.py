@@ -1,0 +1,285 @@
+"""One call in flight: engine attempts under one deadline, and exactly one trace.
+
+A ``Call`` is opened by the gateway once the model is resolved. ``result`` and
+``stream`` make one engine attempt and finish the call; a task that repairs
+invalid output makes several attempts with ``complete`` and then ``finish``es
+itself. Every outcome — success, error, timeout or a caller who left — ends in
+``finish``, which submits the trace to the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from powertrain.catalog import ModelConfig
+from powertrain.engines.base import Engine, estimate_tokens
+from powertrain.errors import PowertrainError, UpstreamTimeout
+from powertrain.schemas import ChatChunk, ChatCompletionRequest, ChatResult, Usage
+from powertrain.schemas.trace import Trace
+
+if TYPE_CHECKING:
+    from powertrain.gateway import Gateway
+
+T = TypeVar("T")
+
+
+@dataclass
+class CallContext:
+    """Who is calling and how; recorded on the trace."""
+
+    api_key_id: str | None = None
+    source: str = "api"  # api | cli | python
+    raw_request: dict[str, Any] | None = None  # the body as sent, to store without re-dumping
+
+
+class _StreamDeadline:
+    """One timer for a whole stream, which interrupts only a wait on the engine.
+
+    A timeout scope cannot span an async generator's yields (it would fire in the
+    caller's own awaits between chunks), and a scope per chunk costs a timer per
+    chunk; this arms one timer and cancels the task only while it waits in
+    ``wait``, turning that cancellation into ``TimeoutError``.
+    """
+
+    def __init__(self, seconds: float):
+        self.expired = False
+        self._waiting: asyncio.Task[Any] | None = None
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_at(loop.time() + max(0.0, seconds), self._expire)
+
+    def _expire(self) -> None:
+        self.expired = True
+        if self._waiting is not None:
+            self._waiting.cancel()
+
+    async def wait(self, step: Awaitable[T]) -> T:
+        if self.expired:
+            close = getattr(step, "close", None)
+            if close is not None:
+                close()  # never started: release it without a "never awaited" warning
+            raise TimeoutError
+        task = asyncio.current_task()
+        assert task is not None
+        cancelling = task.cancelling()
+        self._waiting = task
+        try:
+            return await step
+        except asyncio.CancelledError:
+            if self.expired and task.uncancel() <= cancelling:
+                raise TimeoutError from None
+            raise
+        finally:
+            self._waiting = None
+
+    def close(self) -> None:
+        self._timer.cancel()
+
+
+@dataclass
+class Call:
+    """One call in flight. ``finish`` records its trace exactly once."""
+
+    gateway: Gateway
+    trace: Trace
+    started: float = field(default_factory=time.perf_counter)
+    engine: Engine | None = None
+    model: ModelConfig | None = None
+    request: ChatCompletionRequest | None = None
+    first_token_at: float | None = None
+    usage: Usage = field(default_factory=Usage)  # summed over attempts
+    compute_seconds: float | None = None
+    _finished: bool = False
+
+    def __post_init__(self) -> None:
+        # One deadline for the whole call: repairs and retries share it.
+        self.deadline = time.monotonic() + self.timeout
+
+    @property
+    def timeout(self) -> float:
+        return self.gateway.config.settings.request_timeout
+
+    @property
+    def trace_id(self) -> str:
+        return self.trace.id
+
+    @property
+    def completion_id(self) -> str:
+        return "chatcmpl-" + self.trace.id[3:]
+
+    def finish(
+        self,
+        *,
+        output: str | None = None,
+        finish_reason: str | None = None,
+        usage: Usage | None = None,
+        usage_estimated: bool = False,
+        compute_seconds: float | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        now = time.perf_counter()
+        t = self.trace
+        t.latency_ms = (now - self.started) * 1000
+        if self.first_token_at is not None:
+            t.ttft_ms = (self.first_token_at - self.started) * 1000
+        t.output = output
+        t.finish_reason = finish_reason
+        usage = usage or (self.usage if self.trace.attempts else None)
+        if usage is not None:
+            t.prompt_tokens, t.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+        if usage_estimated:
+            t.metadata["usage_estimated"] = True
+        if self.model is not None:
+            t.cost_usd = self.model.cost(t.prompt_tokens, t.completion_tokens)
+        t.compute_seconds = compute_seconds if compute_seconds is not None else self.compute_seconds
+        if error is None:
+            t.status, t.http_status = "ok", 200
+        else:
+            t.status, t.error_type, t.http_status, t.error_message = self._describe(error)
+        if self.engine is not None and not t.attempts:
+            self._record_attempt(t.latency_ms, error=t.error_message, status=t.status)
+        self.gateway.traces.submit(t)
+
+    def _describe(self, error: BaseException) -> tuple[Any, str, int, str]:
+        scrub = self.gateway.scrubber.text
+        if isinstance(error, asyncio.CancelledError | GeneratorExit):
+            return (
+                "cancelled",
+                "client_disconnected",
+                499,
+                "the client disconnected before the answer was complete",
+            )
+        if isinstance(error, PowertrainError):
+            return "error", error.error_type, error.status_code, scrub(error.message)
+        return "error", type(error).__name__, 500, scrub(str(error)) or type(error).__name__
+
+    def _record_attempt(self, latency_ms: float, *, error: str | None, status: Any) -> None:
+        assert self.engine is not None
+        self.trace.attempts.append(
+            {
+                "model": self.model.alias if self.model else self.trace.model,
+                "engine": self.engine.name,
+                "status": status,
+                "latency_ms": latency_ms,
+                "error": error,
+            }
+        )
+
+    def _usage_of_partial(self, text: str) -> Usage:
+        prompt = 0
+        if self.engine is not None and self.request is not None:
+            try:
+                prompt = self.engine.count_tokens(self.request)
+            except Exception:
+                prompt = 0
+        return Usage(prompt_tokens=prompt, completion_tokens=estimate_tokens(text) if text else 0)
+
+    async def stream(self) -> AsyncIterator[ChatChunk]:
+        """The engine's chunks, traced; cancelling or abandoning it stops the engine."""
+        assert self.engine is not None and self.request is not None
+        parts: list[str] = []
+        last = ChatChunk()
+        deadline = _StreamDeadline(self.deadline - time.monotonic())
+        chunks = self.engine.stream(self.request, deadline=self.deadline)
+        try:
+            while True:
+                try:
+                    chunk = await deadline.wait(anext(chunks))
+                except StopAsyncIteration:
+                    break
+                if self.first_token_at is None:
+                    self.first_token_at = time.perf_counter()
+                if chunk.delta:
+                    parts.append(chunk.delta)
+                last = chunk
+                yield chunk
+        except TimeoutError:
+            text = "".join(parts)
+            error = UpstreamTimeout(self._deadline_message())
+            self.finish(
+                output=text, usage=self._usage_of_partial(text), usage_estimated=True, error=error
+            )
+            raise error from None
+        except BaseException as exc:
+            text = "".join(parts)
+            self.finish(
+                output=text, usage=self._usage_of_partial(text), usage_estimated=True, error=exc
+            )
+            raise
+        finally:
+            deadline.close()
+            await chunks.aclose()  # type: ignore[attr-defined]
+        text = "".join(parts)
+        usage = last.usage
+        self.finish(
+            output=text,
+            finish_reason=last.finish_reason or "stop",
+            usage=usage or self._usage_of_partial(text),
+            usage_estimated=usage is None,
+            compute_seconds=last.compute_seconds,
+        )
+
+    async def complete(self, request: ChatCompletionRequest | None = None) -> ChatResult:
+        """One engine attempt, recorded on the trace; the call stays open."""
+        assert self.engine is not None
+        request = request or self.request
+        assert request is not None
+        attempt_started = time.perf_counter()
+        remaining = self.deadline - time.monotonic()
+        try:
+            if remaining <= 0:
+                raise TimeoutError
+            if self.engine.capabilities.chat_honours_deadline:
+                result = await self.engine.chat(request, deadline=self.deadline)
+            else:
+                async with asyncio.timeout(remaining):
+                    result = await self.engine.chat(request, deadline=self.deadline)
+        except TimeoutError:
+            error = UpstreamTimeout(self._deadline_message())
+            self._record_attempt(_ms_since(attempt_started), error=error.message, status="error")
+            raise error from None
+        except BaseException as exc:
+            status, _, _, message = self._describe(exc)
+            self._record_attempt(_ms_since(attempt_started), error=message, status=status)
+            raise
+        self._record_attempt(_ms_since(attempt_started), error=None, status="ok")
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        self.usage = Usage(
+            prompt_tokens=self.usage.prompt_tokens + result.usage.prompt_tokens,
+            completion_tokens=self.usage.completion_tokens + result.usage.completion_tokens,
+        )
+        if result.compute_seconds is not None:
+            self.compute_seconds = (self.compute_seconds or 0.0) + result.compute_seconds
+        return result
+
+    async def result(self) -> ChatResult:
+        """The whole answer at once (not streamed)."""
+        try:
+            result = await self.complete()
+        except BaseException as exc:
+            self.finish(error=exc)
+            raise
+        self.finish(
+            output=result.content,
+            finish_reason=result.finish_reason,
+            usage=result.usage,
+            compute_seconds=result.compute_seconds,
+        )
+        return result
+
+    def _deadline_message(self) -> str:
+        return (
+            f"model {self.trace.model!r} did not answer within the {self.timeout:g} s deadline "
+            "(setting request_timeout)"
+        )
+
+
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000

@@ -1,0 +1,221 @@
+"""Where tasks live: the store is the truth, the config file one writer, a short cache in front.
+
+Tasks from ``powertrain.toml`` are synced on start: a changed template makes a
+new version and moves the config's labels to it; an unchanged file touches
+nothing, so a label moved through the API survives a restart. Tasks created
+through the API live only in the store. Reads go through a cache that each
+gateway worker refreshes after ``task_refresh_interval`` seconds, so a label
+moved on one worker reaches the others without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from powertrain.errors import Conflict, InvalidRequest, TaskNotFound
+from powertrain.store.tasks import (
+    SyncOutcome,
+    TaskExists,
+    TaskMissing,
+    TaskStore,
+    TaskVersionRecord,
+    VersionMissing,
+)
+from powertrain.tasks.definition import PromptVersion, TaskDefinition, TaskSettings
+
+
+@dataclass(frozen=True)
+class LoadedTask:
+    """One task as read from the store: its settings, labels and every version."""
+
+    name: str
+    source: str
+    settings: TaskSettings
+    labels: dict[str, int]
+    versions: dict[int, PromptVersion]
+    created_at: Any = None
+    updated_at: Any = None
+
+    def resolve(self, selector: int | str) -> tuple[int, PromptVersion]:
+        """A version number or label → (number, version)."""
+        if isinstance(selector, int):
+            number = selector
+        else:
+            if selector not in self.labels:
+                known = ", ".join(f"{k}→{v}" for k, v in sorted(self.labels.items())) or "none"
+                raise InvalidRequest(
+                    f"task {self.name!r} has no label {selector!r} (labels: {known})",
+                    param="version",
+                )
+            number = self.labels[selector]
+        if number not in self.versions:
+            raise InvalidRequest(
+                f"task {self.name!r} has no version {number} (latest is {max(self.versions)})",
+                param="version",
+            )
+        return number, self.versions[number]
+
+
+def config_hash(definition: TaskDefinition) -> str:
+    payload = {
+        "settings": definition.settings.model_dump(mode="json"),
+        "version": definition.version.content_hash(),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+class TaskRegistry:
+    def __init__(
+        self,
+        store: TaskStore,
+        configured: dict[str, TaskDefinition],
+        *,
+        refresh_interval: float,
+    ):
+        self.store = store
+        self.configured = configured
+        self.refresh_interval = refresh_interval
+        self._cache: dict[str, tuple[float, LoadedTask]] = {}
+        self._lock = threading.Lock()
+        self.synced: dict[str, SyncOutcome] = {}
+
+    # -- config -------------------------------------------------------------
+    def sync_config(self) -> dict[str, SyncOutcome]:
+        """Bring every configured task's store rows in line with the file."""
+        for name, definition in self.configured.items():
+            try:
+                self.synced[name] = self.store.sync_config_task(
+                    name,
+                    definition=definition.settings.model_dump(mode="json"),
+                    content=definition.version.model_dump(mode="json"),
+                    content_hash=definition.version.content_hash(),
+                    config_hash=config_hash(definition),
+                    labels=definition.settings.labels,
+                )
+            except TaskExists:
+                raise Conflict(
+                    f"task {name!r} in powertrain.toml was already created through the API; "
+                    "rename one of them or delete the API task"
+                ) from None
+            self.invalidate(name)
+        return self.synced
+
+    # -- reads --------------------------------------------------------------
+    def invalidate(self, name: str | None = None) -> None:
+        with self._lock:
+            if name is None:
+                self._cache.clear()
+            else:
+                self._cache.pop(name, None)
+
+    def get(self, name: str) -> LoadedTask:
+        """The task, from the cache when fresh (blocking on a miss: call from a thread)."""
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(name)
+        if hit is not None and now - hit[0] < self.refresh_interval:
+            return hit[1]
+        loaded = self._load(name)
+        with self._lock:
+            self._cache[name] = (now, loaded)
+        return loaded
+
+    async def aget(self, name: str) -> LoadedTask:
+        hit = self._cache.get(name)
+        if hit is not None and time.monotonic() - hit[0] < self.refresh_interval:
+            return hit[1]
+        return await asyncio.to_thread(self.get, name)
+
+    def _load(self, name: str) -> LoadedTask:
+        snapshot = self.store.snapshot(name)
+        if snapshot is None:
+            raise TaskNotFound(
+                f"no task named {name!r}; define it under [tasks.{name}] in powertrain.toml "
+                "or POST it to /api/tasks",
+                param="model",
+            )
+        record, labels, versions = snapshot
+        return LoadedTask(
+            name=record.name,
+            source=record.source,
+            settings=TaskSettings.model_validate(record.definition),
+            labels=labels,
+            versions={v.version: PromptVersion.model_validate(v.content) for v in versions},
+            created_at=record.created_at,
+            updated_at=record.updated_at,
+        )
+
+    def all(self) -> list[LoadedTask]:
+        return [self.get(record.name) for record in self.store.list_tasks()]
+
+    def version_records(self, name: str) -> list[TaskVersionRecord]:
+        self.get(name)  # a clear 404 for an unknown task
+        return self.store.list_versions(name)
+
+    # -- writes (the API) ---------------------------------------------------
+    def create(self, definition: TaskDefinition, labels: list[str]) -> LoadedTask:
+        try:
+            self.store.create_task(
+                definition.name,
+                source="api",
+                definition=definition.settings.model_dump(mode="json"),
+            )
+        except TaskExists:
+            raise Conflict(f"task {definition.name!r} already exists") from None
+        self.add_version(definition.name, definition.version, labels)
+        return self.get(definition.name)
+
+    def add_version(self, name: str, version: PromptVersion, labels: list[str]) -> tuple[int, bool]:
+        try:
+            record, created = self.store.add_version(
+                name, version.model_dump(mode="json"), version.content_hash(), source="api"
+            )
+        except TaskMissing:
+            raise TaskNotFound(f"no task named {name!r}") from None
+        for label in labels:
+            self.store.set_label(name, label, record.version)
+        self.invalidate(name)
+        return record.version, created
+
+    def set_label(self, name: str, label: str, version: int) -> None:
+        self.get(name)
+        try:
+            self.store.set_label(name, label, version)
+        except VersionMissing:
+            raise InvalidRequest(
+                f"task {name!r} has no version {version}", param="version"
+            ) from None
+        self.invalidate(name)
+
+    def remove_label(self, name: str, label: str) -> bool:
+        self.get(name)
+        removed = self.store.remove_label(name, label)
+        self.invalidate(name)
+        return removed
+
+    def update_settings(self, name: str, settings: TaskSettings) -> LoadedTask:
+        self._refuse_config_task(name, "change its settings")
+        try:
+            self.store.update_definition(name, settings.model_dump(mode="json"))
+        except TaskMissing:
+            raise TaskNotFound(f"no task named {name!r}") from None
+        self.invalidate(name)
+        return self.get(name)
+
+    def delete(self, name: str) -> None:
+        self._refuse_config_task(name, "delete it")
+        if not self.store.delete_task(name):
+            raise TaskNotFound(f"no task named {name!r}")
+        self.invalidate(name)
+
+    def _refuse_config_task(self, name: str, action: str) -> None:
+        if self.get(name).source == "config":
+            raise Conflict(
+                f"task {name!r} is defined in powertrain.toml; edit the file to {action}"
+            )
