@@ -282,3 +282,19 @@ def test_delete_task_cascades(store: TaskStore, db: Database, name: str) -> None
     assert store.delete_task(name) is False
     store.create_task(name, source="api", definition={})  # the name is free again, from v1
     assert store.add_version(name, {"i": 9}, "h1", source="api")[0].version == 1
+
+
+def test_json_keeps_key_order_on_every_backend(store: TaskStore, name: str) -> None:
+    # A schema's property order is the order a grammar makes the model write fields.
+    content = {
+        "user": "{{ x }}",
+        "output_schema": {"properties": {"zeta": {}, "alpha": {}, "mid": {}}},
+        "examples": [{"output": {"zeta": 1, "alpha": 2}}],
+    }
+    store.add_version(name, content, "hash-order", source="api")
+    snapshot = store.snapshot(name)
+    assert snapshot is not None
+    loaded = snapshot[2][-1].content
+    assert list(loaded) == ["user", "output_schema", "examples"]
+    assert list(loaded["output_schema"]["properties"]) == ["zeta", "alpha", "mid"]
+    assert list(loaded["examples"][0]["output"]) == ["zeta", "alpha"]

@@ -24,6 +24,9 @@ metadata = MetaData()
 
 # JSONB on Postgres (indexable), JSON text elsewhere.
 JsonType = JSON().with_variant(JSONB(), "postgresql")
+# JSON that keeps object keys in order on Postgres too (JSONB sorts them): a task
+# schema's property order is the order the model writes its fields.
+OrderedJson = JSON()
 
 traces = Table(
     "traces",
@@ -62,7 +65,7 @@ tasks = Table(
     metadata,
     Column("name", String(128), primary_key=True),
     Column("source", String(16), nullable=False),  # "config" or "api"
-    Column("definition", JsonType, nullable=False),
+    Column("definition", OrderedJson, nullable=False),
     Column("config_hash", String(64)),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
@@ -79,7 +82,7 @@ task_versions = Table(
         primary_key=True,
     ),
     Column("version", Integer, primary_key=True),
-    Column("content", JsonType, nullable=False),
+    Column("content", OrderedJson, nullable=False),
     Column("content_hash", String(64), nullable=False),
     Column("source", String(16), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),

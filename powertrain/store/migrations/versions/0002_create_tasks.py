@@ -6,14 +6,15 @@ Revises: 0001_create_traces
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.dialects.postgresql import JSONB
 
 revision = "0002_create_tasks"
 down_revision = "0001_create_traces"
 branch_labels = None
 depends_on = None
 
-JsonType = sa.JSON().with_variant(JSONB(), "postgresql")
+# Plain JSON, not JSONB, on Postgres: JSONB reorders object keys, and the order of a
+# schema's properties is the order a model writes them (grammars follow it).
+JsonType = sa.JSON()
 
 
 def upgrade() -> None:
