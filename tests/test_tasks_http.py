@@ -103,6 +103,12 @@ async def test_run_returns_validated_output_with_trace_variant_usage_and_cost(
             assert json.loads(trace["output"]) == {"sentiment": "negative"}
             assert trace["request"] == {"variables": {"review": "awful"}}
 
+            # DESIGN's short form runs the same thing.
+            status, short, _ = await api.call(
+                "POST", "/v1/tasks/sentiment", {"variables": {"review": "awful"}}
+            )
+            assert status == 200 and short["output"] == body["output"]
+
 
 async def test_invalid_output_is_repaired_then_refused_never_returned(tmp_path: Path) -> None:
     """RELIABILITY 23: valid JSON matching the schema, or a clear error after the repairs."""
@@ -396,7 +402,7 @@ weight = 1
 params = { temperature = 0.1 }
 """
     async with FakeOpenAI(reply='{"sentiment": "positive"}') as upstream:
-        async with served(config_with(tmp_path, upstream, extra)) as (_url, api):
+        async with served(config_with(tmp_path, upstream, extra)) as (url, api):
             calls = 300
             served_by: Counter[str] = Counter()
             for i in range(calls):
@@ -411,6 +417,16 @@ params = { temperature = 0.1 }
             assert temperatures[0.1] == served_by["canary"]
             _, traces, _ = await api.call("GET", "/api/traces?task=sentiment&limit=500")
             assert Counter(t["variant"] for t in traces["data"]) == served_by
+
+            # A caller's own sampling parameters override the variant's, zero included.
+            async with openai.AsyncOpenAI(base_url=url + "/v1", api_key=ADMIN) as sdk:
+                await sdk.chat.completions.create(
+                    model="task:sentiment",
+                    messages=[{"role": "user", "content": "ok"}],
+                    temperature=0,
+                    extra_body={"variant": "canary"},
+                )
+            assert upstream.requests[-1].json["temperature"] == 0
 
 
 async def test_context_overflow_names_the_sizes(tmp_path: Path) -> None:

@@ -28,6 +28,8 @@ from powertrain.tasks.definition import (
 from powertrain.tasks.registry import LoadedTask
 
 router = APIRouter(prefix="/api/tasks", tags=["tasks"])
+# DESIGN's short form of the run route, beside the OpenAI surface.
+v1_router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 
 TaskName = Annotated[str, Path(max_length=128)]
 
@@ -294,6 +296,7 @@ async def render_task(
     )
 
 
+@v1_router.post("/{name}", response_model=TaskRunResponse, response_model_exclude_none=True)
 @router.post("/{name}/run", response_model=TaskRunResponse, response_model_exclude_none=True)
 async def run_task(
     name: TaskName,

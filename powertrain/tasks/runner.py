@@ -318,7 +318,9 @@ class TaskRunner:
         ctx = ctx or CallContext()
         if ctx.raw_request is None:
             ctx.raw_request = request.model_dump(exclude_none=True)
-        overrides = {f: getattr(request, f) for f in _CALLER_PARAMS if getattr(request, f)}
+        overrides = {
+            f: getattr(request, f) for f in _CALLER_PARAMS if getattr(request, f) is not None
+        }
         if request.max_completion_tokens:
             overrides["max_tokens"] = request.max_completion_tokens
         users = [m for m in request.messages if m.role == "user"]
