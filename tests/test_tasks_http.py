@@ -142,6 +142,14 @@ async def test_invalid_output_is_repaired_then_refused_never_returned(tmp_path: 
                 assert trace["output"] == garbage  # kept for debugging, never as a success
                 assert len(trace["metadata"]["rejections"]) == 2
 
+            # A reply cut off by max_tokens says so, with what to change.
+            upstream.reply, upstream.finish_reason = '{"sent', "length"
+            status, body, _ = await api.call(
+                "POST", "/api/tasks/sentiment/run", {"variables": {"review": "x"}}
+            )
+            assert status == 502
+            assert "cut off at max_tokens; raise max_tokens" in body["error"]["message"]
+
 
 async def test_engines_without_json_schema_still_validate(tmp_path: Path) -> None:
     async with FakeAnthropic(reply='{"sentiment": "positive"}') as upstream:
@@ -346,7 +354,7 @@ async def test_versions_labels_and_api_defined_tasks(tmp_path: Path) -> None:
             status, body, _ = await api.call("GET", "/api/tasks/triage")
             assert [(v["version"], v["labels"]) for v in body["versions"]] == [
                 (1, []),
-                (2, ["latest", "production", "staging"]),
+                (2, ["production", "staging", "latest"]),
             ]
             status, body, _ = await api.call("GET", "/api/tasks/triage/versions/1")
             assert body["system"] == "Triage v1" and body["output_schema"] == SCHEMA

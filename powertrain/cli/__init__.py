@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from powertrain import __version__
-from powertrain.cli import generate, logs, models, serve
+from powertrain.cli import generate, logs, models, serve, task
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,5 +26,6 @@ for command in (
     models.models,
     models.settings,
     logs.logs,
+    task.task,
 ):
     main.add_command(command)

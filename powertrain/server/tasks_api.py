@@ -8,7 +8,6 @@ labelled here, but their settings belong to the file.
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Request
@@ -25,7 +24,14 @@ from powertrain.tasks.definition import (
     parse_settings,
     parse_version,
 )
-from powertrain.tasks.registry import LoadedTask
+from powertrain.tasks.views import (
+    TaskDetail,
+    TaskRunResponse,
+    TaskSummary,
+    VersionInfo,
+    describe,
+    summarize,
+)
 
 router = APIRouter(prefix="/api/tasks", tags=["tasks"])
 # DESIGN's short form of the run route, beside the OpenAI surface.
@@ -36,39 +42,6 @@ TaskName = Annotated[str, Path(max_length=128)]
 
 def _gateway(request: Request) -> Gateway:
     return request.app.state.gateway  # type: ignore[no-any-return]
-
-
-class VariantInfo(BaseModel):
-    name: str
-    model: str
-    version: int | str
-    resolved_version: int | None
-    weight: float
-    share: float = Field(description="Fraction of unpinned traffic this variant serves.")
-    params: dict[str, Any]
-    examples: int | None
-
-
-class VersionInfo(BaseModel):
-    version: int
-    created_at: datetime
-    source: str
-    content_hash: str
-    labels: list[str]
-
-
-class TaskSummary(BaseModel):
-    name: str
-    source: str
-    description: str | None
-    latest_version: int
-    labels: dict[str, int]
-    variants: list[VariantInfo]
-
-
-class TaskDetail(TaskSummary):
-    settings: dict[str, Any]
-    versions: list[VersionInfo]
 
 
 class TaskRunRequest(BaseModel):
@@ -83,19 +56,6 @@ class TaskRunRequest(BaseModel):
     user: str | None = Field(
         default=None, max_length=256, description="Sticky variant assignment key."
     )
-
-
-class TaskRunResponse(BaseModel):
-    output: Any
-    reasoning: str | None = None
-    trace_id: str
-    task: str
-    variant: str
-    version: int
-    model: str
-    usage: dict[str, int]
-    cost: float = Field(description="USD, from the model's prices.")
-    attempts: int
 
 
 class RenderResponse(BaseModel):
@@ -119,68 +79,18 @@ class VersionCreated(BaseModel):
     created: bool = Field(description="False when identical content already had this number.")
 
 
-def _variants(task: LoadedTask, default_model: str) -> list[VariantInfo]:
-    variants = task.settings.effective_variants()
-    total = sum(v.weight for v in variants.values()) or 1.0
-    infos = []
-    for name, spec in sorted(variants.items()):
-        selector = spec.version
-        resolved = selector if isinstance(selector, int) else task.labels.get(selector)
-        infos.append(
-            VariantInfo(
-                name=name,
-                model=spec.model or task.settings.model or default_model,
-                version=selector,
-                resolved_version=resolved,
-                weight=spec.weight,
-                share=spec.weight / total,
-                params={**task.settings.params, **spec.params},
-                examples=spec.examples,
-            )
-        )
-    return infos
-
-
-def _summary(task: LoadedTask, default_model: str) -> TaskSummary:
-    return TaskSummary(
-        name=task.name,
-        source=task.source,
-        description=task.settings.description,
-        latest_version=max(task.versions),
-        labels=task.labels,
-        variants=_variants(task, default_model),
-    )
-
-
 async def _detail(gateway: Gateway, name: str) -> TaskDetail:
     registry = gateway.tasks.registry
     task = await asyncio.to_thread(registry.get, name)
     records = await asyncio.to_thread(registry.version_records, name)
-    by_version: dict[int, list[str]] = {}
-    for label, number in sorted(task.labels.items()):
-        by_version.setdefault(number, []).append(label)
-    summary = _summary(task, gateway.config.settings.default_model)
-    return TaskDetail(
-        **summary.model_dump(),
-        settings=task.settings.model_dump(mode="json"),
-        versions=[
-            VersionInfo(
-                version=r.version,
-                created_at=r.created_at,
-                source=r.source,
-                content_hash=r.content_hash,
-                labels=by_version.get(r.version, []),
-            )
-            for r in records
-        ],
-    )
+    return describe(task, records, gateway.config.settings.default_model)
 
 
 @router.get("", dependencies=[policy(Access.KEY)], response_model=list[TaskSummary])
 async def list_tasks(request: Request) -> list[TaskSummary]:
     gateway = _gateway(request)
     tasks = await asyncio.to_thread(gateway.tasks.registry.all)
-    return [_summary(t, gateway.config.settings.default_model) for t in tasks]
+    return [summarize(t, gateway.config.settings.default_model) for t in tasks]
 
 
 @router.post("", dependencies=[policy(Access.ADMIN)], status_code=201, response_model=TaskDetail)
@@ -316,15 +226,4 @@ async def run_task(
         version=body.version,
         sticky_key=body.user,
     )
-    return TaskRunResponse(
-        output=result.output,
-        reasoning=result.reasoning if body.include_reasoning else None,
-        trace_id=result.trace_id,
-        task=result.task,
-        variant=result.variant,
-        version=result.version,
-        model=result.model,
-        usage=result.usage.to_openai(),
-        cost=result.cost,
-        attempts=result.attempts,
-    )
+    return TaskRunResponse.of(result, include_reasoning=body.include_reasoning)

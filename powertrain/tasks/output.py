@@ -102,9 +102,7 @@ class OutputContract:
         try:
             value = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise OutputRejected(
-                f"the reply is not valid JSON ({exc.msg} at char {exc.pos})"
-            ) from None
+            raise OutputRejected(f"the reply is not valid JSON: {exc}") from None
         problem = schema_errors(self.engine_schema, value)
         if problem is not None:
             raise OutputRejected(f"the reply does not match the schema: {problem}")

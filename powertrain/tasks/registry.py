@@ -55,9 +55,9 @@ class LoadedTask:
                 )
             number = self.labels[selector]
         if number not in self.versions:
+            latest = f"latest is {max(self.versions)}" if self.versions else "it has none yet"
             raise InvalidRequest(
-                f"task {self.name!r} has no version {number} (latest is {max(self.versions)})",
-                param="version",
+                f"task {self.name!r} has no version {number} ({latest})", param="version"
             )
         return number, self.versions[number]
 
@@ -168,7 +168,11 @@ class TaskRegistry:
             )
         except TaskExists:
             raise Conflict(f"task {definition.name!r} already exists") from None
-        self.add_version(definition.name, definition.version, labels)
+        try:
+            self.add_version(definition.name, definition.version, labels)
+        except BaseException:
+            self.store.delete_task(definition.name)  # never leave a task without a version
+            raise
         return self.get(definition.name)
 
     def add_version(self, name: str, version: PromptVersion, labels: list[str]) -> tuple[int, bool]:

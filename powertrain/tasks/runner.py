@@ -251,10 +251,13 @@ class TaskRunner:
                     parsed: ParsedOutput = plan.contract.parse(text)
                     break
                 except OutputRejected as rejected:
-                    rejections.append(rejected.reason)
+                    reason = rejected.reason
+                    if result.finish_reason == "length":
+                        reason += " (the reply was cut off at max_tokens; raise max_tokens)"
+                    rejections.append(reason)
                     if len(rejections) > plan.task.settings.repairs:
                         raise self._invalid(plan, rejections) from None
-                    request = self._repair_request(call, plan, request, text, rejected.reason)
+                    request = self._repair_request(call, plan, request, text, reason)
         except BaseException as exc:
             if rejections:
                 call.trace.metadata["rejections"] = rejections
