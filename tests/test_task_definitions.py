@@ -301,6 +301,12 @@ def test_variant_split_follows_the_weights_within_statistical_tolerance() -> Non
     assert abs(users["canary"] / 4000 - 0.25) < 5 * math.sqrt(0.25 * 0.75 / 4000)
 
 
+@pytest.mark.parametrize("name", ["../etc", "a/b", "a..b", "", ".hidden", "a\x00b", "x" * 129])
+def test_task_names_stay_plain(name: str) -> None:
+    with pytest.raises(InvalidRequest, match="task name"):
+        parse({"user": "hi"}, name=name)
+
+
 def test_version_content_is_immutable() -> None:
     version = PromptVersion(user="{{ x }}")
     with pytest.raises(ValueError, match="frozen"):

@@ -229,7 +229,7 @@ class TaskDefinition(BaseModel):
         ``base_dir`` enables ``output.schema_file`` and ``output.model`` (an import
         path); only the config file may use them, never a request.
         """
-        if not TASK_NAME.match(name):
+        if not TASK_NAME.match(name) or ".." in name:
             raise InvalidRequest(
                 f"{where}: task name {name!r} must be letters, digits, _ . - (at most 128)"
             )
