@@ -102,3 +102,29 @@ def test_bad_configuration_is_clear(tmp_path: Path) -> None:
         LlamaCppEngine(ModelConfig(alias="x", engine="llamacpp", options={"threads": 2}))
     with pytest.raises(ConfigError, match="does not exist"):
         LlamaCppEngine(ModelConfig(alias="x", engine="llamacpp", model=str(tmp_path / "no.gguf")))
+
+
+async def test_closing_the_model_mid_generation_is_safe() -> None:
+    # Freeing llama.cpp's context under a running generation used to crash the process.
+    model = BUNDLED_MODEL.model_copy(
+        update={"alias": "smollm2-closing", "options": {"n_ctx": 1024}}
+    )
+    eng = LlamaCppEngine(model)
+    await eng.start()
+    worker = eng.loaded.worker
+    long = _request("Write a long story about the sea.", temperature=0, max_tokens=400)
+    running = eng.stream(long)
+    queued = eng.stream(long)
+    assert (await anext(running)).delta
+    waiting = asyncio.ensure_future(anext(queued))
+    while worker.admitted < 2:
+        await asyncio.sleep(0.01)
+    await eng.aclose()  # returns once the worker thread has stopped; the process lives
+    assert worker.admitted == 0  # both jobs ended: the running one stopped at its next token
+    rest = [chunk async for chunk in running]
+    assert rest and rest[-1].usage is not None
+    assert rest[-1].usage.completion_tokens < 400
+    waiting.cancel()
+    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+        await waiting
+    await queued.aclose()  # type: ignore[attr-defined]

@@ -22,7 +22,7 @@ from powertrain.errors import EngineOverloaded
 _DONE = object()
 
 
-@dataclass
+@dataclass(eq=False)  # jobs are tracked by identity
 class Job:
     """One generation: its token stream, its cancel flag and what it measured."""
 
@@ -57,6 +57,7 @@ class LocalWorker:
         self.queue_size = queue_size
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pt-{name}")
         self._admitted = 0
+        self._jobs: set[Job] = set()  # admitted and not finished
         self._avg_job_seconds = 2.0  # refined by an moving average as jobs finish
 
     @property
@@ -74,12 +75,14 @@ class LocalWorker:
             )
         loop = asyncio.get_running_loop()
         job = Job(loop=loop)
+        self._jobs.add(job)
         self._admitted += 1
         future = loop.run_in_executor(self._executor, self._run, job, work)
         future.add_done_callback(lambda _f: self._release(job))
         return job
 
     def _release(self, job: Job) -> None:
+        self._jobs.discard(job)
         self._admitted -= 1
         if job.compute_seconds:
             self._avg_job_seconds = 0.8 * self._avg_job_seconds + 0.2 * job.compute_seconds
@@ -101,4 +104,11 @@ class LocalWorker:
             job.emit(_DONE)
 
     def shutdown(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        """Stop every job and wait for the thread, so the model can then be freed safely.
+
+        Freeing llama.cpp's context while a generation still runs in the worker
+        thread crashes the process; a cancelled job stops at its next token.
+        """
+        for job in list(self._jobs):
+            job.cancel()
+        self._executor.shutdown(wait=True, cancel_futures=True)
