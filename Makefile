@@ -24,13 +24,13 @@ test: install
 	$(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/ruff check powertrain tests bench
-	$(BIN)/ruff format --check powertrain tests bench
+	$(BIN)/ruff check powertrain tests bench examples
+	$(BIN)/ruff format --check powertrain tests bench examples
 	$(BIN)/mypy
 
 format: install
-	$(BIN)/ruff check --fix powertrain tests bench
-	$(BIN)/ruff format powertrain tests bench
+	$(BIN)/ruff check --fix powertrain tests bench examples
+	$(BIN)/ruff format powertrain tests bench examples
 
 bench: bench-gateway
 

@@ -79,6 +79,10 @@ def test_config_task_is_parsed_and_split(tmp_path: Path) -> None:
         ),
         ({"extra": "[tasks.sentiment.variants.a]\nweight = 0"}, "weight above 0"),
         ({"extra": "[tasks.sentiment.variants.a]\nparams = { tempreature = 1 }"}, "tempreature"),
+        (
+            {"extra": "[tasks.sentiment.variants.a]\nparams = { temperature = 7 }"},
+            "temperature: Input should be less than or equal to 2",
+        ),
         ({"extra": "[tasks.sentiment.variants.a]\nversion = 'Prod!'"}, "label"),
         ({"extra": "[tasks.sentiment.context]\non_overflow = 'truncate'"}, "on_overflow"),
         (

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from powertrain.catalog import Catalog
 from powertrain.errors import InvalidRequest
+from powertrain.schemas.chat import ChatCompletionRequest
 from powertrain.tasks.output import OutputContract, check_schema, schema_errors
 from powertrain.tasks.template import TEMPLATE_GLOBALS, check_template
 from powertrain.tasks.variables import VariableSpec, bind_variables
@@ -205,6 +206,14 @@ def _check_params(value: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(
             f"unknown parameter {unknown[0]!r} (allowed: {', '.join(sorted(TASK_PARAMS))})"
         )
+    # Values are checked the way a chat request checks them (temperature 0–2, …).
+    probe = {"model": "probe", "messages": [{"role": "user", "content": ""}], **value}
+    try:
+        ChatCompletionRequest.model_validate(probe)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ValueError(f"{where}: {first['msg']}") from None
     return value
 
 
