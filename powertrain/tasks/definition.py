@@ -206,7 +206,7 @@ def _check_params(value: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(
             f"unknown parameter {unknown[0]!r} (allowed: {', '.join(sorted(TASK_PARAMS))})"
         )
-    # Values are checked the way a chat request checks them (temperature 0–2, …).
+    # Values are checked the way a chat request checks them (temperature 0 to 2, and so on).
     probe = {"model": "probe", "messages": [{"role": "user", "content": ""}], **value}
     try:
         ChatCompletionRequest.model_validate(probe)
