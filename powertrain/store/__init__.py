@@ -1,10 +1,12 @@
 """The store: SQLAlchemy 2 over SQLite (default) or Postgres, same schema and migrations."""
 
+from powertrain.store.collections import CollectionStore
 from powertrain.store.db import Database
 from powertrain.store.tasks import SyncOutcome, TaskRecord, TaskStore, TaskVersionRecord
 from powertrain.store.traces import TraceFilter, TracePage, TraceStore
 
 __all__ = [
+    "CollectionStore",
     "Database",
     "SyncOutcome",
     "TaskRecord",

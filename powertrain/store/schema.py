@@ -12,6 +12,7 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -102,4 +103,65 @@ task_labels = Table(
         ondelete="CASCADE",
         name="fk_task_labels_version",
     ),
+)
+
+# Collections (RAG): knowledge bases owned by the API key that made them ("" = the admin
+# key, or authentication off). Names are unique per owner, so one tenant's names say
+# nothing about another's.
+collections = Table(
+    "collections",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("owner", String(64), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("embedding_model", String(256), nullable=False),
+    Column("dim", Integer),  # known once the first chunk is embedded
+    Column("settings", JsonType, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("owner", "name", name="uq_collections_owner_name"),
+)
+
+documents = Table(
+    "documents",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "collection_id",
+        String(40),
+        ForeignKey("collections.id", ondelete="CASCADE", name="fk_documents_collection"),
+        nullable=False,
+    ),
+    Column("path", String(1024), nullable=False),
+    Column("title", Text, nullable=False),
+    Column("media_type", String(64), nullable=False),
+    Column("content_hash", String(64), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("chunk_count", Integer, nullable=False),
+    Column("metadata", JsonType, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("collection_id", "path", name="uq_documents_collection_path"),
+)
+
+# A chunk's id is also its id in the collection's vector index.
+chunks = Table(
+    "chunks",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("collection_id", String(40), nullable=False),
+    Column(
+        "document_id",
+        Integer,
+        ForeignKey("documents.id", ondelete="CASCADE", name="fk_chunks_document"),
+        nullable=False,
+    ),
+    Column("idx", Integer, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("heading_path", JsonType, nullable=False),
+    Column("page", Integer),
+    Column("token_count", Integer, nullable=False),
+    Column("vector", LargeBinary),  # float32, so the index can always be rebuilt
+    Index("ix_chunks_collection", "collection_id"),
+    Index("ix_chunks_document", "document_id"),
 )

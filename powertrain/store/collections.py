@@ -1,0 +1,363 @@
+"""Collections, documents and chunks: pure storage, with keyword search per backend.
+
+Every read and write is scoped by the collection's owner (an API key id), so one
+key cannot reach another's collection by guessing its name. Replacing a
+document's chunks is one transaction: a failed ingest leaves the old chunks.
+Vectors are kept as float32 bytes beside their text so an index can always be
+rebuilt from the store.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, delete, func, select, text, update
+from sqlalchemy.exc import IntegrityError
+
+from powertrain.store.db import Database
+from powertrain.store.schema import chunks, collections, documents
+
+ADMIN_OWNER = ""  # the admin key, or authentication off
+_WORD = re.compile(r"\w+", re.UNICODE)
+_MAX_QUERY_TERMS = 32
+
+
+class CollectionExists(Exception):
+    """This owner already has a collection of that name."""
+
+
+@dataclass(frozen=True)
+class CollectionRecord:
+    id: str
+    owner: str
+    name: str
+    embedding_model: str
+    dim: int | None
+    settings: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class DocumentRecord:
+    id: int
+    collection_id: str
+    path: str
+    title: str
+    media_type: str
+    content_hash: str
+    size: int
+    chunk_count: int
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class NewChunk:
+    """A chunk to store: its text, where it sits in the document, and its vector."""
+
+    text: str
+    idx: int
+    token_count: int
+    heading_path: list[str] = field(default_factory=list)
+    page: int | None = None
+    vector: bytes | None = None
+
+
+@dataclass(frozen=True)
+class StoredChunk:
+    id: int
+    document_id: int
+    path: str
+    title: str
+    idx: int
+    text: str
+    heading_path: list[str]
+    page: int | None
+    token_count: int
+
+
+@dataclass(frozen=True)
+class ReplaceOutcome:
+    document: DocumentRecord
+    removed: list[int]  # chunk ids that are gone (drop them from the vector index)
+    added: list[int]  # new chunk ids, in chunk order
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def _collection(row: Any) -> CollectionRecord:
+    return CollectionRecord(
+        id=row.id,
+        owner=row.owner,
+        name=row.name,
+        embedding_model=row.embedding_model,
+        dim=row.dim,
+        settings=dict(row.settings),
+        created_at=_aware(row.created_at),
+        updated_at=_aware(row.updated_at),
+    )
+
+
+def _document(row: Any) -> DocumentRecord:
+    return DocumentRecord(
+        id=row.id,
+        collection_id=row.collection_id,
+        path=row.path,
+        title=row.title,
+        media_type=row.media_type,
+        content_hash=row.content_hash,
+        size=row.size,
+        chunk_count=row.chunk_count,
+        metadata=dict(row.metadata),
+        created_at=_aware(row.created_at),
+        updated_at=_aware(row.updated_at),
+    )
+
+
+def keyword_terms(query: str) -> list[str]:
+    """Words of a query, as data: no FTS operator a caller types is ever interpreted."""
+    return _WORD.findall(query.lower())[:_MAX_QUERY_TERMS]
+
+
+class CollectionStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # -- collections -------------------------------------------------------------------
+    def create(
+        self, owner: str, name: str, *, embedding_model: str, settings: dict[str, Any]
+    ) -> CollectionRecord:
+        now = _now()
+        values = {
+            "id": "col_" + secrets.token_hex(8),
+            "owner": owner,
+            "name": name,
+            "embedding_model": embedding_model,
+            "dim": None,
+            "settings": settings,
+            "created_at": now,
+            "updated_at": now,
+        }
+        try:
+            with self.db.engine.begin() as conn:
+                conn.execute(collections.insert().values(**values))
+        except IntegrityError:
+            raise CollectionExists(name) from None
+        found = self.get(owner, name)
+        assert found is not None
+        return found
+
+    def get(self, owner: str, name: str) -> CollectionRecord | None:
+        query = select(collections).where(collections.c.owner == owner, collections.c.name == name)
+        with self.db.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return _collection(row) if row is not None else None
+
+    def list_collections(self, owner: str) -> list[CollectionRecord]:
+        query = select(collections).where(collections.c.owner == owner).order_by(collections.c.name)
+        with self.db.engine.connect() as conn:
+            return [_collection(r) for r in conn.execute(query)]
+
+    def delete(self, collection_id: str) -> None:
+        """Remove a collection with every document and chunk (and their keyword index rows)."""
+        with self.db.engine.begin() as conn:
+            # Chunks first: their rows carry the keyword index, and they reference
+            # documents, not the collection.
+            conn.execute(delete(chunks).where(chunks.c.collection_id == collection_id))
+            conn.execute(delete(documents).where(documents.c.collection_id == collection_id))
+            conn.execute(delete(collections).where(collections.c.id == collection_id))
+
+    def set_dim(self, collection_id: str, dim: int) -> None:
+        with self.db.engine.begin() as conn:
+            conn.execute(
+                update(collections)
+                .where(collections.c.id == collection_id, collections.c.dim.is_(None))
+                .values(dim=dim, updated_at=_now())
+            )
+
+    def stats(self, collection_id: str) -> tuple[int, int]:
+        """(documents, chunks)."""
+        with self.db.engine.connect() as conn:
+            docs = conn.execute(
+                select(func.count()).where(documents.c.collection_id == collection_id)
+            ).scalar_one()
+            count = conn.execute(
+                select(func.count()).where(chunks.c.collection_id == collection_id)
+            ).scalar_one()
+        return int(docs), int(count)
+
+    # -- documents -------------------------------------------------------------------
+    def document_hashes(self, collection_id: str) -> dict[str, str]:
+        query = select(documents.c.path, documents.c.content_hash).where(
+            documents.c.collection_id == collection_id
+        )
+        with self.db.engine.connect() as conn:
+            return {row.path: row.content_hash for row in conn.execute(query)}
+
+    def list_documents(
+        self, collection_id: str, *, limit: int = 100, offset: int = 0
+    ) -> list[DocumentRecord]:
+        query = (
+            select(documents)
+            .where(documents.c.collection_id == collection_id)
+            .order_by(documents.c.path)
+            .limit(limit)
+            .offset(offset)
+        )
+        with self.db.engine.connect() as conn:
+            return [_document(r) for r in conn.execute(query)]
+
+    def replace_document(
+        self,
+        collection_id: str,
+        *,
+        path: str,
+        title: str,
+        media_type: str,
+        content_hash: str,
+        size: int,
+        metadata: dict[str, Any],
+        new_chunks: Sequence[NewChunk],
+    ) -> ReplaceOutcome:
+        """Insert or replace one document and all its chunks, atomically."""
+        now = _now()
+        with self.db.engine.begin() as conn:
+            existing = conn.execute(
+                select(documents.c.id, documents.c.created_at).where(
+                    documents.c.collection_id == collection_id, documents.c.path == path
+                )
+            ).first()
+            removed: list[int] = []
+            values = {
+                "title": title,
+                "media_type": media_type,
+                "content_hash": content_hash,
+                "size": size,
+                "chunk_count": len(new_chunks),
+                "metadata": metadata,
+                "updated_at": now,
+            }
+            if existing is None:
+                document_id = conn.execute(
+                    documents.insert()
+                    .values(collection_id=collection_id, path=path, created_at=now, **values)
+                    .returning(documents.c.id)
+                ).scalar_one()
+            else:
+                document_id = existing.id
+                removed = _chunk_ids(conn, document_id)
+                conn.execute(delete(chunks).where(chunks.c.document_id == document_id))
+                conn.execute(
+                    update(documents).where(documents.c.id == document_id).values(**values)
+                )
+            added = [
+                conn.execute(
+                    chunks.insert()
+                    .values(
+                        collection_id=collection_id,
+                        document_id=document_id,
+                        idx=chunk.idx,
+                        text=chunk.text,
+                        heading_path=chunk.heading_path,
+                        page=chunk.page,
+                        token_count=chunk.token_count,
+                        vector=chunk.vector,
+                    )
+                    .returning(chunks.c.id)
+                ).scalar_one()
+                for chunk in new_chunks
+            ]
+            row = conn.execute(select(documents).where(documents.c.id == document_id)).one()
+        return ReplaceOutcome(document=_document(row), removed=removed, added=added)
+
+    def delete_document(self, collection_id: str, path: str) -> list[int] | None:
+        """The removed chunk ids, or None when there was no such document."""
+        with self.db.engine.begin() as conn:
+            row = conn.execute(
+                select(documents.c.id).where(
+                    documents.c.collection_id == collection_id, documents.c.path == path
+                )
+            ).first()
+            if row is None:
+                return None
+            removed = _chunk_ids(conn, row.id)
+            conn.execute(delete(chunks).where(chunks.c.document_id == row.id))
+            conn.execute(delete(documents).where(documents.c.id == row.id))
+        return removed
+
+    # -- chunks ----------------------------------------------------------------------
+    def chunks(self, collection_id: str, ids: Sequence[int]) -> list[StoredChunk]:
+        """Chunks by id, in the order asked, with their document's path and title."""
+        if not ids:
+            return []
+        query = (
+            select(chunks, documents.c.path, documents.c.title)
+            .join(documents, documents.c.id == chunks.c.document_id)
+            .where(chunks.c.collection_id == collection_id, chunks.c.id.in_(list(ids)))
+        )
+        with self.db.engine.connect() as conn:
+            found = {
+                row.id: StoredChunk(
+                    id=row.id,
+                    document_id=row.document_id,
+                    path=row.path,
+                    title=row.title,
+                    idx=row.idx,
+                    text=row.text,
+                    heading_path=list(row.heading_path),
+                    page=row.page,
+                    token_count=row.token_count,
+                )
+                for row in conn.execute(query)
+            }
+        return [found[i] for i in ids if i in found]
+
+    def vectors(self, collection_id: str) -> list[tuple[int, bytes]]:
+        query = select(chunks.c.id, chunks.c.vector).where(
+            chunks.c.collection_id == collection_id, chunks.c.vector.is_not(None)
+        )
+        with self.db.engine.connect() as conn:
+            return [(row.id, bytes(row.vector)) for row in conn.execute(query)]
+
+    def keyword_search(self, collection_id: str, query: str, k: int) -> list[tuple[int, float]]:
+        """(chunk id, score) best first: BM25 on SQLite, ts_rank on Postgres (higher is better)."""
+        terms = keyword_terms(query)
+        if not terms or k <= 0:
+            return []
+        with self.db.engine.connect() as conn:
+            if self.db.dialect == "postgresql":
+                sql = text(
+                    "SELECT id, ts_rank_cd(tsv, q) AS score FROM chunks, "
+                    "to_tsquery('english', :q) AS q "
+                    "WHERE collection_id = :c AND tsv @@ q ORDER BY score DESC, id LIMIT :k"
+                )
+                # Each term is quoted as a lexeme and OR-ed: recall first, rank decides.
+                match = " | ".join("'" + t.replace("'", "") + "'" for t in terms)
+            else:
+                sql = text(
+                    "SELECT chunks_fts.rowid AS id, -bm25(chunks_fts) AS score FROM chunks_fts "
+                    "JOIN chunks ON chunks.id = chunks_fts.rowid "
+                    "WHERE chunks_fts MATCH :q AND chunks.collection_id = :c "
+                    "ORDER BY score DESC, id LIMIT :k"
+                )
+                match = " OR ".join('"' + t + '"' for t in terms)
+            rows = conn.execute(sql, {"q": match, "c": collection_id, "k": k}).all()
+        return [(int(row.id), float(row.score)) for row in rows]
+
+
+def _chunk_ids(conn: Connection, document_id: int) -> list[int]:
+    query = select(chunks.c.id).where(chunks.c.document_id == document_id).order_by(chunks.c.idx)
+    return [int(i) for i in conn.execute(query).scalars()]
