@@ -1,7 +1,8 @@
 """The model catalog: named models, each an engine plus its parameters and prices.
 
 With no configuration at all the catalog holds ``smollm2``, the bundled local
-model, so ``powertrain serve`` works on a fresh machine.
+chat model, and ``minilm``, the bundled local embedding model, so
+``powertrain serve`` works on a fresh machine.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ class ModelConfig(BaseModel):
     alias: str
     engine: str = Field(description="Engine plugin name: llamacpp, openai, anthropic, …")
     model: str | None = Field(
-        default=None, description="The engine's model id, or a GGUF path for llamacpp."
+        default=None,
+        description="The engine's model id, a GGUF path for llamacpp, "
+        "or a model directory for sentence-transformers.",
     )
     base_url: str | None = None
     api_key: str | None = Field(default=None, repr=False)
@@ -61,6 +64,13 @@ BUNDLED_MODEL = ModelConfig(
     params={"temperature": 0.2},
 )
 
+BUNDLED_EMBEDDING_MODEL = ModelConfig(
+    alias="minilm",
+    engine="sentence-transformers",
+    model=None,  # the sentence-transformers engine locates the bundled all-MiniLM-L6-v2
+    context_window=256,  # the model's max_seq_length; longer inputs are truncated
+)
+
 
 @dataclass(frozen=True)
 class ModelRef:
@@ -92,7 +102,9 @@ class Catalog:
 
     @classmethod
     def from_config(cls, table: dict[str, Any]) -> Catalog:
-        models = [BUNDLED_MODEL] if "smollm2" not in table else []
+        # A user's own [models.smollm2] or [models.minilm] replaces the bundled entry.
+        bundled = (BUNDLED_MODEL, BUNDLED_EMBEDDING_MODEL)
+        models = [m for m in bundled if m.alias not in table]
         for alias, entry in table.items():
             if not isinstance(entry, dict):
                 raise ConfigError(f"[models.{alias}] must be a table")

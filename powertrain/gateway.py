@@ -19,12 +19,20 @@ from powertrain.catalog import ModelConfig, ModelRef
 from powertrain.config import Config
 from powertrain.engines.base import Engine
 from powertrain.engines.registry import EnginePool
-from powertrain.errors import ContextWindowExceeded, InvalidRequest, PowertrainError
+from powertrain.errors import (
+    ContextWindowExceeded,
+    InvalidRequest,
+    PowertrainError,
+    UpstreamTimeout,
+)
+from powertrain.rag.ingest import Ingester
+from powertrain.rag.library import Collections
+from powertrain.rag.search import Searcher
 from powertrain.redact import SecretScrubber
 from powertrain.schemas import ChatChunk, ChatCompletionRequest, ChatResult, EmbeddingResult
 from powertrain.schemas.embeddings import EmbeddingRequest
 from powertrain.schemas.trace import Trace
-from powertrain.store import Database, TaskStore, TraceStore
+from powertrain.store import CollectionStore, Database, TaskStore, TraceStore
 from powertrain.tasks.registry import TaskRegistry
 from powertrain.tasks.runner import TaskRunner
 from powertrain.tracing import TraceWriter
@@ -83,6 +91,11 @@ class Gateway:
                 self.task_store, config.tasks, refresh_interval=settings.task_refresh_interval
             ),
         )
+        self.collections = Collections(
+            CollectionStore(self.database), self.engines, config.catalog, settings.home
+        )
+        self.ingester = Ingester(self.collections)
+        self.searcher = Searcher(self.collections)
         self._started = False
 
     async def start(self) -> None:
@@ -229,6 +242,13 @@ class Gateway:
                 result = await call.engine.embed(
                     request.inputs, deadline=time.monotonic() + timeout
                 )
+        except TimeoutError:
+            error = UpstreamTimeout(
+                f"model {request.model!r} did not embed within the {timeout:g} s deadline "
+                "(setting request_timeout)"
+            )
+            call.finish(error=error)
+            raise error from None
         except BaseException as exc:
             call.finish(error=exc)
             raise

@@ -23,6 +23,7 @@ DEFAULT_PLUGINS = (
     "powertrain.engines.llamacpp",
     "powertrain.engines.openai",
     "powertrain.engines.anthropic",
+    "powertrain.engines.sentence_transformers",
 )
 
 

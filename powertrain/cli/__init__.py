@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from powertrain import __version__
-from powertrain.cli import generate, logs, models, serve, task
+from powertrain.cli import generate, logs, models, rag, serve, task
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,5 +27,8 @@ for command in (
     models.settings,
     logs.logs,
     task.task,
+    rag.ingest,
+    rag.search,
+    rag.ask,
 ):
     main.add_command(command)

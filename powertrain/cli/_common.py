@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import click
 import orjson
 from rich.console import Console
 
+from powertrain.client import AsyncClient
 from powertrain.config import Config, load_config
 from powertrain.errors import PowertrainError
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 # Piped output is not cut to 80 columns: scripts and files get whole ids and values.
 console = Console(width=None if sys.stdout.isatty() else 200)
@@ -53,6 +56,16 @@ def friendly_errors(fn: F) -> F:
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
+
+
+def with_client(config: Config, work: Callable[[AsyncClient], Awaitable[T]]) -> T:
+    """Run ``work`` with a started client (config tasks synced), closing it afterwards."""
+
+    async def main() -> T:
+        async with AsyncClient(config, source="cli") as client:
+            return await work(client)
+
+    return asyncio.run(main())
 
 
 def print_json(value: Any) -> None:

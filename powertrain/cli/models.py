@@ -15,6 +15,11 @@ from powertrain.cli._common import (
 )
 from powertrain.settings import Settings
 
+_BUNDLED = {
+    "llamacpp": "(bundled SmolLM2-135M-Instruct)",
+    "sentence-transformers": "(bundled all-MiniLM-L6-v2)",
+}
+
 
 @click.command()
 @config_option
@@ -34,7 +39,7 @@ def models(config_path: str | None, as_json: bool) -> None:
         table.add_row(
             m.alias,
             m.engine,
-            m.model or "(bundled SmolLM2-135M-Instruct)",
+            m.model or _BUNDLED.get(m.engine, "(bundled)"),
             str(m.context_window or "?"),
             f"{m.price_input:g}",
             f"{m.price_output:g}",

@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 from rich.markup import escape
@@ -25,10 +24,10 @@ from powertrain.cli._common import (
     json_option,
     load,
     print_json,
+    with_client,
 )
 from powertrain.cli._task_input import gather_variables, variable_options, version_selector
 from powertrain.client import AsyncClient
-from powertrain.config import Config
 from powertrain.errors import EngineError, InvalidRequest, NotFound
 from powertrain.tasks.definition import LABEL_NAME, PromptVersion
 from powertrain.tasks.registry import LoadedTask
@@ -42,18 +41,7 @@ from powertrain.tasks.views import (
     summarize,
 )
 
-T = TypeVar("T")
 _PRODUCTION = "production"
-
-
-def _with_client(config: Config, work: Callable[[AsyncClient], Awaitable[T]]) -> T:
-    """Run ``work`` with a started client (config tasks synced), closing it afterwards."""
-
-    async def main() -> T:
-        async with AsyncClient(config, source="cli") as client:
-            return await work(client)
-
-    return asyncio.run(main())
 
 
 def _labels_text(labels: dict[str, int]) -> str:
@@ -118,7 +106,7 @@ def list_tasks(config_path: str | None, as_json: bool) -> None:
         return await asyncio.to_thread(client.gateway.tasks.registry.all)
 
     config = load(config_path)
-    tasks = _with_client(config, work)
+    tasks = with_client(config, work)
     default_model = config.settings.default_model
     summaries = [summarize(t, default_model) for t in tasks]
     if as_json:
@@ -170,7 +158,7 @@ def show(name: str, version: str | None, config_path: str | None, as_json: bool)
         return loaded, await asyncio.to_thread(registry.version_records, name)
 
     config = load(config_path)
-    loaded, records = _with_client(config, work)
+    loaded, records = with_client(config, work)
     if not loaded.versions:
         raise NotFound(f"task {name!r} has no versions yet")
     selector = version_selector(version)
@@ -284,7 +272,7 @@ def render(
         )
         return await client.render_task(name, variables, variant=variant, version=selector)
 
-    plan = _with_client(load(config_path), work)
+    plan = with_client(load(config_path), work)
     prompt = plan.prompt
     if as_json:
         print_json(
@@ -355,7 +343,7 @@ def run(
                 raise click.ClickException(f"{exc.message} (trace {exc.trace_id})") from None
             raise
 
-    result = _with_client(load(config_path), work)
+    result = with_client(load(config_path), work)
     usage = result.usage.to_openai()
     if as_json:
         response = TaskRunResponse.of(result, include_reasoning=True)
@@ -426,7 +414,7 @@ def label(
         await asyncio.to_thread(registry.set_label, name, label, number)
         return {"task": name, "label": label, "version": number, "previous": previous}
 
-    outcome = _with_client(load(config_path), work)
+    outcome = with_client(load(config_path), work)
     if as_json:
         print_json(outcome)
         return

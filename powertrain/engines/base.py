@@ -69,6 +69,10 @@ class Engine(ABC):
     def count_tokens(self, request: ChatCompletionRequest) -> int:
         """Prompt tokens this request costs (exact where ``exact_token_count``)."""
 
+    def count_text(self, text: str) -> int:
+        """Tokens in one piece of text (exact where the engine has its tokenizer)."""
+        return estimate_tokens(text)
+
     @property
     def context_window(self) -> int | None:
         return self.model.context_window

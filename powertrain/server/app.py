@@ -25,7 +25,7 @@ from powertrain.errors import (
 from powertrain.gateway import Gateway
 from powertrain.schemas import ChatCompletionRequest
 from powertrain.schemas.embeddings import EmbeddingRequest
-from powertrain.server import api, docs_assets, tasks_api
+from powertrain.server import api, collections_api, docs_assets, tasks_api
 from powertrain.server.asgi import Message, Receive, Scope, Send, send_error
 from powertrain.server.auth import Access, Authenticator, route_access
 from powertrain.server.openai_routes import TRACE_HEADER, OpenAIRoutes
@@ -197,6 +197,7 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
     api_app.include_router(api.router)
     api_app.include_router(tasks_api.router)
     api_app.include_router(tasks_api.v1_router)
+    api_app.include_router(collections_api.router)
     api_app.include_router(docs_assets.router)
     hot = OpenAIRoutes(gateway, authenticator)
     return PowertrainApp(gateway, api_app, hot)

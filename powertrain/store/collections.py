@@ -325,12 +325,28 @@ class CollectionStore:
             }
         return [found[i] for i in ids if i in found]
 
-    def vectors(self, collection_id: str) -> list[tuple[int, bytes]]:
+    def vectors(
+        self, collection_id: str, ids: Sequence[int] | None = None
+    ) -> list[tuple[int, bytes]]:
+        """(chunk id, float32 bytes) for every chunk, or for ``ids``."""
         query = select(chunks.c.id, chunks.c.vector).where(
             chunks.c.collection_id == collection_id, chunks.c.vector.is_not(None)
         )
+        if ids is not None:
+            if not ids:
+                return []
+            query = query.where(chunks.c.id.in_(list(ids)))
         with self.db.engine.connect() as conn:
-            return [(row.id, bytes(row.vector)) for row in conn.execute(query)]
+            return [
+                (row.id, bytes(row.vector)) for row in conn.execute(query.order_by(chunks.c.id))
+            ]
+
+    def chunk_ids_of(self, document_ids: Sequence[int]) -> list[int]:
+        if not document_ids:
+            return []
+        query = select(chunks.c.id).where(chunks.c.document_id.in_(list(document_ids)))
+        with self.db.engine.connect() as conn:
+            return [int(i) for i in conn.execute(query).scalars()]
 
     def keyword_search(self, collection_id: str, query: str, k: int) -> list[tuple[int, float]]:
         """(chunk id, score) best first: BM25 on SQLite, ts_rank on Postgres (higher is better)."""

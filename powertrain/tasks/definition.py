@@ -26,7 +26,7 @@ from powertrain.catalog import Catalog
 from powertrain.errors import InvalidRequest
 from powertrain.schemas.chat import ChatCompletionRequest
 from powertrain.tasks.output import OutputContract, check_schema, schema_errors
-from powertrain.tasks.template import TEMPLATE_GLOBALS, check_template
+from powertrain.tasks.template import TEMPLATE_GLOBALS, check_template, reads
 from powertrain.tasks.variables import VariableSpec, bind_variables
 
 TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
@@ -74,6 +74,10 @@ class PromptVersion(BaseModel):
             self.model_dump(mode="json"), sort_keys=True, ensure_ascii=False, separators=(",", ":")
         )
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def reads(self, name: str) -> bool:
+        """Whether the system or user template reads ``name``."""
+        return any(t is not None and reads(t, name) for t in (self.system, self.user))
 
     def contract(self) -> OutputContract:
         return OutputContract(self.output_schema, reasoning=self.reasoning)
@@ -156,6 +160,29 @@ class ContextPolicy(BaseModel):
     )
 
 
+class RetrievalSpec(BaseModel):
+    """``[tasks.<name>.retrieval]``: ground the task in a collection's chunks."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    collection: str = Field(description="A collection of the admin key's.")
+    k: int = Field(default=4, ge=1, le=50)
+    mode: Literal["hybrid", "vector", "keyword"] = "hybrid"
+    threshold: float | None = Field(
+        default=0.25, ge=-1, le=1, description="Least cosine similarity of a chunk."
+    )
+    mmr: float | None = Field(default=None, ge=0, le=1)
+    paths: list[str] | None = Field(default=None, description="Globs over document paths.")
+    query: str | None = Field(
+        default=None, description="The variable searched for (default: the input variable)."
+    )
+    no_match: str = Field(
+        default="I don't know: nothing in the knowledge base answers that.",
+        description="The answer of a text task when nothing relevant is found "
+        "(no model call); a task with a schema is called with no sources instead.",
+    )
+
+
 class TaskSettings(BaseModel):
     """How a task is served; changing these makes no new version."""
 
@@ -167,6 +194,7 @@ class TaskSettings(BaseModel):
     variants: dict[str, VariantSpec] = Field(default_factory=dict)
     repairs: int = Field(default=2, ge=0, le=10, description="Retries after invalid output.")
     context: ContextPolicy = Field(default_factory=ContextPolicy)
+    retrieval: RetrievalSpec | None = None
     labels: list[str] = Field(
         default_factory=lambda: ["production"],
         description="Labels the version from the config file gets when it changes.",

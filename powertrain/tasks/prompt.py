@@ -28,10 +28,22 @@ class RenderedPrompt:
     prompt_tokens: int | None = None
 
 
-def _system_message(version: PromptVersion, values: dict[str, Any], where: str) -> Message | None:
+@dataclass(frozen=True)
+class Grounding:
+    """Retrieved sources: ``documents`` for templates that place them, else an appendix."""
+
+    documents: list[dict[str, Any]]
+    appendix: str  # added to the system message when no template reads ``documents``
+
+
+def _system_message(
+    version: PromptVersion, values: dict[str, Any], where: str, grounding: Grounding | None
+) -> Message | None:
     parts = []
     if version.system is not None:
         parts.append(render(version.system, values, where=f"{where}.system"))
+    if grounding is not None and not version.reads("documents"):
+        parts.append(grounding.appendix)
     instructions = version.contract().instructions() if version.output_instructions else ""
     if not instructions and version.reasoning:
         instructions = version.contract().instructions()  # the reply shape must be told
@@ -44,6 +56,7 @@ def _system_message(version: PromptVersion, values: dict[str, Any], where: str) 
 def _example_messages(version: PromptVersion, example: Example, where: str) -> list[Message]:
     values = bind_variables(version.variables, example.variables, where=where)
     values["output_schema"] = version.output_schema
+    values["documents"] = []  # examples are shown without sources
     return [
         {"role": "user", "content": render(version.user, values, where=f"{where}.user")},
         {
@@ -54,12 +67,18 @@ def _example_messages(version: PromptVersion, example: Example, where: str) -> l
 
 
 def build_messages(
-    version: PromptVersion, variables: dict[str, Any], examples: list[Example], *, where: str
+    version: PromptVersion,
+    variables: dict[str, Any],
+    examples: list[Example],
+    *,
+    where: str,
+    grounding: Grounding | None = None,
 ) -> list[Message]:
     """The messages for already-bound ``variables`` with the given examples."""
-    values = {**variables, "output_schema": version.output_schema}
+    documents = grounding.documents if grounding is not None else []
+    values = {**variables, "output_schema": version.output_schema, "documents": documents}
     messages: list[Message] = []
-    system = _system_message(version, values, where)
+    system = _system_message(version, values, where, grounding)
     if system is not None:
         messages.append(system)
     for i, example in enumerate(examples, 1):
@@ -80,6 +99,7 @@ def fit_to_window(
     reserve: int,
     drop_examples: bool,
     describe: str,
+    grounding: Grounding | None = None,
 ) -> RenderedPrompt:
     """Render, and make it fit ``window`` (less ``reserve`` for the answer).
 
@@ -90,13 +110,13 @@ def fit_to_window(
     if max_examples is not None:
         examples = examples[len(examples) - max_examples :] if max_examples else []
     offered = len(examples)
-    messages = build_messages(version, variables, examples, where=describe)
+    messages = build_messages(version, variables, examples, where=describe, grounding=grounding)
     if not window:
         return RenderedPrompt(messages, len(examples), len(version.examples) - offered)
     tokens = count_tokens(messages)
     while tokens + reserve > window and drop_examples and examples:
         examples = examples[1:]
-        messages = build_messages(version, variables, examples, where=describe)
+        messages = build_messages(version, variables, examples, where=describe, grounding=grounding)
         tokens = count_tokens(messages)
     if tokens + reserve > window:
         budget = f"{window} tokens" + (f", less {reserve} kept for max_tokens" if reserve else "")

@@ -9,18 +9,21 @@ rendered messages and (never in the answer unless asked) the reasoning.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from powertrain.calls import Call, CallContext
 from powertrain.errors import InvalidRequest, OutputInvalid, PowertrainError
+from powertrain.rag.answer import CITE_INSTRUCTIONS, NO_SOURCES, sources_block
 from powertrain.schemas import ChatChunk, ChatCompletionRequest, ChatResult, Usage
 from powertrain.schemas.chat import ChatMessage
 from powertrain.schemas.trace import Trace
-from powertrain.tasks.definition import PromptVersion, VariantSpec
+from powertrain.store.collections import ADMIN_OWNER
+from powertrain.tasks.definition import PromptVersion, RetrievalSpec, VariantSpec
 from powertrain.tasks.output import OutputContract, OutputRejected, ParsedOutput
-from powertrain.tasks.prompt import Message, RenderedPrompt, fit_to_window
+from powertrain.tasks.prompt import Grounding, Message, RenderedPrompt, fit_to_window
 from powertrain.tasks.registry import LoadedTask, TaskRegistry
 from powertrain.tasks.variables import bind_variables
 from powertrain.tasks.variants import choose_variant
@@ -65,6 +68,7 @@ class TaskPlan:
     prompt: RenderedPrompt
     request: ChatCompletionRequest
     params: dict[str, Any] = field(default_factory=dict)
+    canned: str | None = None  # the answer when retrieval found nothing (no model call)
 
     @property
     def messages(self) -> list[Message]:
@@ -112,6 +116,11 @@ class TaskRunner:
             variables = {prompt_version.input: chat_input, **variables}
         bound = bind_variables(prompt_version.variables, variables, where=where)
         contract = prompt_version.contract()
+        grounding, canned = None, None
+        if task.settings.retrieval is not None:
+            grounding = await self._retrieve(task.settings.retrieval, prompt_version, bound, trace)
+            if not grounding.documents and contract.schema is None and not contract.reasoning:
+                canned = task.settings.retrieval.no_match  # nothing to ground an answer in
         params = {**task.settings.params, **spec.params, **overrides}
         response_format = contract.response_format() if engine.capabilities.json_schema else None
 
@@ -132,6 +141,7 @@ class TaskRunner:
             reserve=reserve,
             drop_examples=task.settings.context.on_overflow == "drop_examples",
             describe=f"{where} (variant {chosen!r}, version {number}, model {alias!r})",
+            grounding=grounding,
         )
         request = request_for(prompt.messages)
         self.gateway.check(request, engine)
@@ -152,7 +162,44 @@ class TaskRunner:
             prompt=prompt,
             request=request,
             params=params,
+            canned=canned,
         )
+
+    async def _retrieve(
+        self,
+        spec: RetrievalSpec,
+        version: PromptVersion,
+        variables: dict[str, Any],
+        trace: Trace,
+    ) -> Grounding:
+        """Search the task's collection for its input; record what was found on the trace."""
+        name = spec.query or version.input
+        if name is None or variables.get(name) is None:
+            raise InvalidRequest(
+                f"task {trace.task!r} retrieves from {spec.collection!r} but has no query "
+                "variable; set retrieval.query or the task's input",
+                param="variables",
+            )
+        collections = self.gateway.collections
+        record = await asyncio.to_thread(collections.get, ADMIN_OWNER, spec.collection)
+        hits = await self.gateway.searcher.search(
+            record,
+            str(variables[name]),
+            k=spec.k,
+            mode=spec.mode,
+            threshold=spec.threshold,
+            mmr=spec.mmr,
+            paths=spec.paths,
+        )
+        trace.metadata["retrieval"] = {
+            "collection": spec.collection,
+            "chunks": [
+                {"id": h.chunk.id, "score": round(h.score, 6), "path": h.chunk.path} for h in hits
+            ],
+        }
+        documents = [{"n": n, **hit.as_dict()} for n, hit in enumerate(hits, 1)]
+        appendix = f"{CITE_INSTRUCTIONS}\n\n{sources_block(hits)}" if hits else NO_SOURCES
+        return Grounding(documents=documents, appendix=appendix)
 
     async def open(
         self,
@@ -240,6 +287,10 @@ class TaskRunner:
 
     async def complete(self, call: Call, plan: TaskPlan) -> TaskResult:
         """Call the engine until the output holds (or repairs run out); finish the trace."""
+        if plan.canned is not None:
+            call.engine = None  # no model was called, so the trace lists no attempt
+            call.finish(output=plan.canned, finish_reason="stop")
+            return self._result(call, plan, ParsedOutput(plan.canned, None, plan.canned), "stop")
         request = plan.request
         rejections: list[str] = []
         text = ""
@@ -271,6 +322,10 @@ class TaskRunner:
         if parsed.reasoning is not None:
             trace.metadata["reasoning"] = parsed.reasoning
         call.finish(output=parsed.text, finish_reason=result.finish_reason)
+        return self._result(call, plan, parsed, result.finish_reason)
+
+    @staticmethod
+    def _result(call: Call, plan: TaskPlan, parsed: ParsedOutput, finish: str) -> TaskResult:
         return TaskResult(
             output=parsed.output,
             reasoning=parsed.reasoning,
@@ -281,9 +336,9 @@ class TaskRunner:
             version=plan.version_number,
             model=plan.model,
             usage=call.usage,
-            cost=trace.cost_usd,
-            attempts=len(trace.attempts),
-            finish_reason=result.finish_reason,
+            cost=call.trace.cost_usd,
+            attempts=len(call.trace.attempts),
+            finish_reason=finish,
         )
 
     def _repair_request(
@@ -378,7 +433,7 @@ class TaskChatCall:
         )
 
     async def stream(self) -> AsyncIterator[ChatChunk]:
-        if self.plan.contract.streamable:
+        if self.plan.contract.streamable and self.plan.canned is None:
             # Plain text with nothing to extract or validate streams as it is generated.
             async for chunk in self.call.stream():
                 yield chunk

@@ -17,7 +17,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from powertrain.errors import InvalidRequest
 
 # Names every template may use besides its declared variables.
-TEMPLATE_GLOBALS = frozenset({"output_schema"})
+TEMPLATE_GLOBALS = frozenset({"output_schema", "documents"})
 
 _ENV = ImmutableSandboxedEnvironment(
     undefined=StrictUndefined,
@@ -65,6 +65,11 @@ def check_template(source: str, *, where: str, declared: set[str]) -> None:
             f"{where}: the template uses {{{{ {unknown[0]} }}}} but the task declares no "
             f"variable {unknown[0]!r} (declared: {known}); add it under variables"
         )
+
+
+def reads(source: str, name: str) -> bool:
+    """Whether a (valid) template mentions ``name``."""
+    return name in meta.find_undeclared_variables(_parse(source))
 
 
 def render(source: str, values: dict[str, Any], *, where: str) -> str:

@@ -1,0 +1,1 @@
+"""Collections: ingest documents, index them, and retrieve what grounds an answer."""
