@@ -37,7 +37,6 @@ if __package__ in (None, ""):  # run as a script: make ``bench.gateway`` importa
 
 import argparse
 import dataclasses
-import json
 import os
 import platform
 import shutil
@@ -51,8 +50,7 @@ from bench.gateway.measure import Plan, TargetResult, measure
 from bench.gateway.procs import REPO_ROOT, Server, StartError, free_port, usable_cpus
 from bench.gateway.report import render_table, to_json
 from bench.gateway.targets import STARTERS, TARGET_NAMES, Context, Running
-
-RESULTS_DIR = REPO_ROOT / "bench" / "results"
+from bench.results import publish
 
 
 def say(message: str) -> None:
@@ -197,15 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         upstream.stop()
     document = to_json(results, plan, machine_meta(gateway_cpu, client_cpu))
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    saved = RESULTS_DIR / f"gateway-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    saved.write_text(json.dumps(document, indent=2), encoding="utf-8")
-    if args.json == "-":
-        print(json.dumps(document, indent=2))
-    else:
-        if args.json:
-            Path(args.json).write_text(json.dumps(document, indent=2), encoding="utf-8")
-        print(render_table(results, plan))
+    saved = publish(document, "gateway", lambda: render_table(results, plan), args.json)
     say(f"results saved to {saved.relative_to(REPO_ROOT)}")
     if args.keep or any(r.skipped for r in results.values()):
         say(f"logs kept in {workdir}")

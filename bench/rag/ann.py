@@ -22,6 +22,7 @@ to look like MiniLM sentence embeddings (see ``clustered_vectors``).
 from __future__ import annotations
 
 import sys
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make ``bench.rag`` importable
@@ -49,13 +50,13 @@ from typing import Any
 import numpy as np
 
 from bench.gateway.report import format_table
+from bench.results import publish
 
 DIM = 384
 K = 10
 EF_LADDER = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 FILTER_FRACTION = 0.1  # share of vectors a metadata filter lets through
 DELETE_FRACTION = 0.01
-RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
 Ids = np.ndarray  # int64 ids, best first
 
 
@@ -151,7 +152,7 @@ def recall(found: Sequence[Ids], truth: np.ndarray) -> float:
 # -- the libraries ---------------------------------------------------------------------------
 
 
-class Library:
+class Library(ABC):
     """One library's HNSW index over ids ``0..n-1`` (row positions), inner product."""
 
     name = ""
@@ -163,17 +164,21 @@ class Library:
         self.m = m
         self.ef_construction = ef_construction
 
+    @abstractmethod
     def build(self, vectors: np.ndarray) -> None:
-        raise NotImplementedError
+        """Implemented by each library."""
 
+    @abstractmethod
     def set_ef(self, ef: int) -> None:
-        raise NotImplementedError
+        """Implemented by each library."""
 
+    @abstractmethod
     def search(self, query: np.ndarray, k: int) -> Ids:
-        raise NotImplementedError
+        """Implemented by each library."""
 
+    @abstractmethod
     def search_batch(self, queries: np.ndarray, k: int) -> np.ndarray:
-        raise NotImplementedError
+        """Implemented by each library."""
 
     def search_filtered(self, query: np.ndarray, k: int, allowed: np.ndarray) -> Ids:
         """Best k among ``allowed`` (a bool mask); default: over-fetch and retry."""
@@ -185,11 +190,13 @@ class Library:
                 return hits[:k]
             fetch *= 4
 
+    @abstractmethod
     def remove(self, ids: np.ndarray) -> None:
-        raise NotImplementedError
+        """Implemented by each library."""
 
+    @abstractmethod
     def save(self, path: Path) -> None:
-        raise NotImplementedError
+        """Implemented by each library."""
 
     load_code = ""  # run in a fresh process: ``path`` and ``dim`` are set, must bind ``index``
 
@@ -663,15 +670,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for title, rows in results.items()
         },
     }
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    saved = RESULTS_DIR / f"rag-ann-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    saved.write_text(json.dumps(doc, indent=2), encoding="utf-8")
-    if args.json == "-":
-        print(json.dumps(doc, indent=2))
-    else:
-        if args.json:
-            Path(args.json).write_text(json.dumps(doc, indent=2), encoding="utf-8")
-        print(render(doc, results))
+    saved = publish(doc, "rag-ann", lambda: render(doc, results), args.json)
     say(f"done in {doc['meta']['seconds']} s; results saved to {saved}")
     return 0
 

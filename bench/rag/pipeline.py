@@ -54,10 +54,10 @@ from typing import Any
 import numpy as np
 
 from bench.gateway.report import format_table
+from bench.results import publish
 from powertrain.store.collections import NewChunk
 
 ROOT = Path(__file__).resolve().parents[2]
-RESULTS_DIR = ROOT / "bench" / "results"
 QUERIES = Path(__file__).resolve().parent / "queries.jsonl"
 MODES = ("hybrid", "vector", "keyword")
 K = 5  # chunks a latency query asks for
@@ -493,15 +493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "seconds": round(time.perf_counter() - started, 1),
         }
     )
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    saved = RESULTS_DIR / f"rag-pipeline-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    saved.write_text(json.dumps(doc, indent=2), encoding="utf-8")
-    if args.json == "-":
-        print(json.dumps(doc, indent=2))
-    else:
-        if args.json:
-            Path(args.json).write_text(json.dumps(doc, indent=2), encoding="utf-8")
-        print(render(doc))
+    saved = publish(doc, "rag-pipeline", lambda: render(doc), args.json)
     say(f"done in {doc['meta']['seconds']} s; results saved to {saved}")
     return 0
 
