@@ -258,6 +258,10 @@ async def test_a_damaged_index_file_is_rebuilt_from_the_store(
     record = gateway.collections.get_or_create(ADMIN_OWNER, "kb")
     await gateway.ingester.ingest_path(record, write_docs(tmp_path / "docs"))
     record = gateway.collections.get(ADMIN_OWNER, "kb")
+    assert record.dim is not None
+    gateway.collections._indexes.clear()  # the ingest saved its index once, at the end
+    saved = gateway.collections.index(record, record.dim)
+    assert len(saved) == gateway.collections.store.stats(record.id)[1]
     gateway.collections.index_path(record).write_bytes(b"not an index")
     gateway.collections._indexes.clear()  # as a freshly started worker would be
     hits = await gateway.searcher.search(record, "which port does it listen on", k=1, mode="vector")

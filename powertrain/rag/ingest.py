@@ -76,7 +76,7 @@ class Ingester:
                 if known.get(relative) == doc.content_hash:
                     report.unchanged.append(relative)
                 else:
-                    report.chunks += await self.store_document(record, doc)
+                    report.chunks += await self.store_document(record, doc, save_index=False)
                     (report.updated if relative in known else report.added).append(relative)
             except PowertrainError as exc:
                 report.failed.append((relative, exc.message))
@@ -84,11 +84,20 @@ class Ingester:
                 progress(relative, done, len(files))
         if remove_missing and is_dir:
             for gone in sorted(set(known) - seen):
-                await self.remove(record, gone)
+                await self.remove(record, gone, save_index=False)
                 report.removed.append(gone)
+        if report.added or report.updated or report.removed:
+            await asyncio.to_thread(self._save_index, record)  # once, not once per file
         return report
 
-    async def store_document(self, record: CollectionRecord, doc: LoadedDocument) -> int:
+    def _save_index(self, record: CollectionRecord) -> None:
+        fresh = self.collections.store.get(record.owner, record.name)  # knows its dim now
+        if fresh is not None and fresh.dim is not None:
+            self.collections.save_index(fresh, self.collections.index(fresh, fresh.dim))
+
+    async def store_document(
+        self, record: CollectionRecord, doc: LoadedDocument, *, save_index: bool = True
+    ) -> int:
         """Chunk, embed and store one document, replacing its previous chunks; the chunk count."""
         settings = record.settings
         embedder = await self.collections.embedder(record)
@@ -129,7 +138,7 @@ class Ingester:
             dim = int(vectors.shape[1])
             await asyncio.to_thread(self.collections.store.set_dim, record.id, dim)
             await asyncio.to_thread(
-                self._index, record, dim, outcome.removed, outcome.added, vectors
+                self._index, record, dim, outcome.removed, outcome.added, vectors, save_index
             )
         return len(pieces)
 
@@ -140,14 +149,16 @@ class Ingester:
         removed: list[int],
         added: list[int],
         vectors: np.ndarray,
+        save: bool,
     ) -> None:
         index = self.collections.index(record, dim)
         if removed:
             index.remove(removed)
         index.add(added, vectors)
-        self.collections.save_index(record, index)
+        if save:
+            self.collections.save_index(record, index)
 
-    async def remove(self, record: CollectionRecord, path: str) -> bool:
+    async def remove(self, record: CollectionRecord, path: str, *, save_index: bool = True) -> bool:
         """Delete one document, its chunks and their vectors (RELIABILITY 20)."""
         removed = await asyncio.to_thread(self.collections.store.delete_document, record.id, path)
         if removed is None:
@@ -155,7 +166,8 @@ class Ingester:
         if removed and record.dim:
             index = self.collections.index(record, record.dim)
             index.remove(removed)
-            await asyncio.to_thread(self.collections.save_index, record, index)
+            if save_index:
+                await asyncio.to_thread(self.collections.save_index, record, index)
         return True
 
 
