@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from powertrain.store import CollectionStore, Database
-from powertrain.store.collections import CollectionExists, NewChunk
+from powertrain.store.collections import CollectionExists, NewChunk, keyword_terms
 
 
 @pytest.fixture
@@ -149,3 +149,15 @@ def test_a_store_from_the_tasks_release_upgrades_in_place(tmp_path) -> None:  # 
     assert TaskStore(db).get_task("keep") is not None
     assert "chunks_fts" in sa.inspect(db.engine).get_table_names()
     db.dispose()
+
+
+def test_keyword_terms_drop_stopwords_unless_nothing_else_is_left() -> None:
+    assert keyword_terms("How do I reset the password?") == ["reset", "password"]
+    assert keyword_terms("to be or not to be") == ["to", "be", "or", "not"]
+    assert keyword_terms('"quoted" OR NEAR(x) -- 502 output_invalid') == [
+        "quoted",
+        "near",
+        "x",
+        "502",
+        "output_invalid",
+    ]

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 import powertrain
 from powertrain.cli import main
 from powertrain.config import Config
-from powertrain.store.collections import ADMIN_OWNER
+from powertrain.rag.vectors import FileVectors
+from powertrain.store.collections import ADMIN_OWNER, NewChunk
 from tests.conftest import config_from, running_app
 
 pytestmark = pytest.mark.model
@@ -59,16 +60,29 @@ async def client(tmp_path: Path) -> AsyncIterator[powertrain.AsyncClient]:
         yield pt
 
 
+@pytest.fixture
+async def any_store(database_url: str, tmp_path: Path) -> AsyncIterator[powertrain.AsyncClient]:
+    """A client on SQLite (index files) and on Postgres (pgvector, when the server has it)."""
+    settings = f'[settings]\ndatabase_url = "{database_url}"\n'
+    async with powertrain.AsyncClient(config_from(tmp_path, settings)) as pt:
+        expected = "pgvector" if database_url.startswith("postgresql") else "file"
+        assert pt.gateway.collections.vectors.kind == expected
+        yield pt
+
+
 async def test_ingest_is_idempotent_and_search_finds_the_right_file(
-    client: powertrain.AsyncClient, tmp_path: Path
+    any_store: powertrain.AsyncClient, tmp_path: Path
 ) -> None:
-    gateway = client.gateway
+    gateway = any_store.gateway
     docs = write_docs(tmp_path / "docs")
     record = gateway.collections.get_or_create(ADMIN_OWNER, "kb")
     first = await gateway.ingester.ingest_path(record, docs)
     assert sorted(first.added) == sorted(DOCS) and first.chunks >= 4 and not first.failed
     record = gateway.collections.get(ADMIN_OWNER, "kb")
     assert record.dim == 384
+    pgvector = gateway.collections.store.pgvector
+    if pgvector is not None:  # the collection's own HNSW index answers its searches
+        assert pgvector.uses_index(record.id, 384)
 
     again = await gateway.ingester.ingest_path(record, docs)
     assert sorted(again.unchanged) == sorted(DOCS) and again.chunks == 0
@@ -99,23 +113,28 @@ async def test_ingest_is_idempotent_and_search_finds_the_right_file(
 
 
 async def test_deleting_removes_chunks_and_vectors(
-    client: powertrain.AsyncClient, tmp_path: Path
+    any_store: powertrain.AsyncClient, tmp_path: Path
 ) -> None:
     """RELIABILITY 20."""
-    gateway = client.gateway
+    gateway = any_store.gateway
+    vectors = gateway.collections.vectors
     record = gateway.collections.get_or_create(ADMIN_OWNER, "kb")
     await gateway.ingester.ingest_path(record, write_docs(tmp_path / "docs"))
     record = gateway.collections.get(ADMIN_OWNER, "kb")
     assert record.dim is not None
-    index = gateway.collections.index(record, record.dim)
-    before = len(index)
+    before = vectors.count(record)
+    assert before == gateway.collections.store.stats(record.id)[1]
+    store = gateway.collections.store
+    animals = next(d for d in store.list_documents(record.id) if d.path == "notes/animals.txt")
     assert await gateway.ingester.remove(record, "notes/animals.txt")
-    assert len(gateway.collections.index(record, record.dim)) < before
+    assert vectors.count(record) == before - animals.chunk_count > 0
     for mode in ("vector", "keyword", "hybrid"):
         hits = await gateway.searcher.search(record, "otters octopuses", k=10, mode=mode)  # type: ignore[arg-type]
         assert all(h.chunk.path != "notes/animals.txt" for h in hits)
     gateway.collections.delete(ADMIN_OWNER, "kb")
-    assert not gateway.collections.index_path(record).exists()
+    assert vectors.count(record) == 0
+    if isinstance(vectors, FileVectors):
+        assert not vectors.path(record).exists()
     with pytest.raises(powertrain.PowertrainError, match="no collection named 'kb'"):
         gateway.collections.get(ADMIN_OWNER, "kb")
 
@@ -259,10 +278,51 @@ async def test_a_damaged_index_file_is_rebuilt_from_the_store(
     await gateway.ingester.ingest_path(record, write_docs(tmp_path / "docs"))
     record = gateway.collections.get(ADMIN_OWNER, "kb")
     assert record.dim is not None
-    gateway.collections._indexes.clear()  # the ingest saved its index once, at the end
-    saved = gateway.collections.index(record, record.dim)
+    vectors = gateway.collections.vectors
+    assert isinstance(vectors, FileVectors)
+    vectors._indexes.clear()  # the ingest saved its index once, at the end
+    saved = vectors.index(record, record.dim)
     assert len(saved) == gateway.collections.store.stats(record.id)[1]
-    gateway.collections.index_path(record).write_bytes(b"not an index")
-    gateway.collections._indexes.clear()  # as a freshly started worker would be
+    vectors.path(record).write_bytes(b"not an index")
+    vectors._indexes.clear()  # as a freshly started worker would be
     hits = await gateway.searcher.search(record, "which port does it listen on", k=1, mode="vector")
     assert hits[0].chunk.path == "guide/install.md"
+
+
+async def test_an_index_file_older_than_the_store_is_rebuilt(
+    client: powertrain.AsyncClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gateway = client.gateway
+    vectors = gateway.collections.vectors
+    assert isinstance(vectors, FileVectors)
+    record = gateway.collections.get_or_create(ADMIN_OWNER, "kb")
+    await gateway.ingester.ingest_path(record, write_docs(tmp_path / "docs"))
+    record = gateway.collections.get(ADMIN_OWNER, "kb")
+    assert record.dim is not None
+
+    # A saved file that matches the store is trusted as it is.
+    vectors._indexes.clear()
+    with monkeypatch.context() as patch:
+        patch.setattr(vectors, "_rebuilt", lambda *a: pytest.fail("a matching file was rebuilt"))
+        assert (
+            len(vectors.index(record, record.dim)) == gateway.collections.store.stats(record.id)[1]
+        )
+
+    # A worker commits a document, then dies before saving the index file.
+    text = "Walruses haul themselves out onto the sea ice with their long tusks."
+    vector = (await gateway.collections.embed(record, [text]))[0]
+    gateway.collections.store.replace_document(
+        record.id,
+        path="notes/walrus.txt",
+        title="Walruses",
+        media_type="text/plain",
+        content_hash="walrus",
+        size=len(text),
+        metadata={},
+        new_chunks=[NewChunk(text=text, idx=0, token_count=14, vector=vector.tobytes())],
+    )
+    vectors._indexes.clear()  # the next worker to start
+    hits = await gateway.searcher.search(
+        record, "which animal climbs onto ice using its tusks", k=1, mode="vector"
+    )
+    assert hits[0].chunk.path == "notes/walrus.txt"

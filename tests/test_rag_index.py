@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -288,3 +290,20 @@ def test_bad_input_is_rejected(make: Factory) -> None:
     assert len(index) == 0
     index.add([], np.empty(0, dtype=np.float32))  # nothing to add is not an error
     assert index.remove([]) == 0 and len(index) == 0
+
+
+@pytest.mark.model
+def test_loading_usearch_first_leaves_the_local_model_loadable() -> None:
+    """usearch's static libstdc++ once broke llama.cpp's vocabulary loader (std::bad_cast)."""
+    script = (
+        "from powertrain.rag.index import _usearch\n"
+        "_usearch()\n"
+        "from llama_cpp import Llama\n"
+        "from powertrain.engines.bundled import smollm2_path\n"
+        "Llama(model_path=str(smollm2_path()), vocab_only=True, verbose=False)\n"
+        "print('loaded')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and "loaded" in done.stdout, done.stderr[-2000:]

@@ -20,7 +20,7 @@ temporary ``POWERTRAIN_HOME``; nothing touches ``~/.powertrain``. Three measurem
    written straight through ``CollectionStore.replace_document``; their vectors are real
    MiniLM embeddings of a few thousand such texts, each reused with a small random
    perturbation (renormalised). The index is then built from the stored vectors by
-   ``collections.index`` and saved with ``save_index``, as on first use.
+   ``collections.vectors.index`` and saved with ``vectors.persist``, as on first use.
 3. **Quality**: ``bench/rag/queries.jsonl`` (questions written by reading the docs, each
    labelled with the document that answers it, and its heading when clear) against the
    docs collection of step 1: recall@1, recall@5 and MRR@10 by document, per mode, and
@@ -238,10 +238,10 @@ def build_big(
     collections.store.set_dim(record.id, dim)
     record = collections.get(owner, record.name)
     start = time.perf_counter()
-    index = collections.index(record, dim)
+    index = collections.vectors.index(record, dim)
     build_s = time.perf_counter() - start
     start = time.perf_counter()
-    collections.save_index(record, index)
+    collections.vectors.persist(record)
     save_s = time.perf_counter() - start
     return record, {
         "chunks": n,
@@ -268,7 +268,7 @@ async def latency(gateway: Any, record: Any, queries: list[str]) -> dict[str, An
         return await collections.embed(record, [q])
 
     out["embed query"] = await timed(embed, queries)
-    index = collections.index(record, record.dim)
+    index = collections.vectors.index(record, record.dim)
     vectors = await collections.embed(record, queries[:100])
     samples = []
     for v in vectors:

@@ -37,9 +37,13 @@ keeps every vector and the collection rebuilds its index from them.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import json
 import os
 import struct
+import sys
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -99,8 +103,8 @@ class VectorIndex(Protocol):
     def search(self, vector: np.ndarray, k: int, *, allowed: Allowed | None = None) -> list[Hit]:
         """Up to ``k`` (id, cosine similarity), best first, only ids ``allowed`` accepts."""
 
-    def save(self, path: Path) -> None:
-        """Write the index to ``path`` atomically."""
+    def save(self, path: Path, *, stamp: dict[str, Any] | None = None) -> None:
+        """Write the index to ``path`` atomically; ``stamp`` is kept in its header."""
 
     def __len__(self) -> int: ...
 
@@ -372,14 +376,14 @@ class ExactIndex:
         with self._lock.read():
             return self._ids[: self._size].copy(), self._vectors[: self._size].copy()
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, *, stamp: dict[str, Any] | None = None) -> None:
         with self._lock.read():
             n = self._size
             # Flat byte views of little-endian copies (reshape(-1): a view of shape (0, dim)
             # cannot be cast).
             ids = self._ids[:n].astype("<i8").reshape(-1).view(np.uint8)
             vectors = self._vectors[:n].astype("<f4").reshape(-1).view(np.uint8)
-            header = {"kind": self.kind, "dim": self.dim, "count": n}
+            header = {"kind": self.kind, "dim": self.dim, "count": n, "stamp": stamp}
             _write_atomic(path, header, [ids.data, vectors.data])
 
     @classmethod
@@ -400,7 +404,25 @@ class ExactIndex:
 # -- HNSW (usearch) --------------------------------------------------------------------
 
 
+def _share_the_system_libstdcxx() -> None:
+    """Make the process's libstdc++ global before usearch's extension loads.
+
+    usearch's wheel links its own copy of libstdc++ statically. Its locale facet
+    ids are GNU "unique" symbols, which bind process-wide: loaded first, they
+    break every later user of the system libstdc++ that had not touched those
+    facets yet (llama.cpp then fails to read a model's vocabulary with
+    ``std::bad_cast``). With the system library already global, its definitions
+    win.
+    """
+    if sys.platform != "linux":
+        return
+    # No system libstdc++ (OSError): then nothing in the process can conflict with usearch's.
+    with contextlib.suppress(OSError):
+        ctypes.CDLL(ctypes.util.find_library("stdc++") or "libstdc++.so.6", mode=os.RTLD_GLOBAL)
+
+
 def _usearch() -> Any:
+    _share_the_system_libstdcxx()
     try:
         from usearch import index as usearch_index
     except ImportError as exc:  # pragma: no cover - usearch is a dependency
@@ -498,7 +520,7 @@ class AnnIndex:
                 return hits
             fetch *= 4
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, *, stamp: dict[str, Any] | None = None) -> None:
         with self._lock.read():
             blob = self._index.save()
             header = {
@@ -506,6 +528,7 @@ class AnnIndex:
                 "dim": self.dim,
                 "count": len(self),
                 "expansion_search": self.expansion_search,
+                "stamp": stamp,
             }
             _write_atomic(path, header, [memoryview(blob)])
 
@@ -545,8 +568,15 @@ _LOADERS: dict[str, Callable[[Path, int, dict[str, Any], memoryview], VectorInde
 class TieredIndex:
     """Exact up to ``exact_max`` vectors, then HNSW: what ``open_index`` returns."""
 
-    def __init__(self, inner: ExactIndex | AnnIndex, *, exact_max: int = EXACT_MAX):
+    def __init__(
+        self,
+        inner: ExactIndex | AnnIndex,
+        *,
+        exact_max: int = EXACT_MAX,
+        stamp: dict[str, Any] | None = None,
+    ):
         self.dim = inner.dim
+        self.stamp = stamp  # as read from the file it was loaded from, if any
         self.exact_max = exact_max
         self._inner: ExactIndex | AnnIndex = inner
         self._mutate = threading.Lock()
@@ -573,11 +603,11 @@ class TieredIndex:
     def search(self, vector: np.ndarray, k: int, *, allowed: Allowed | None = None) -> list[Hit]:
         return self._inner.search(vector, k, allowed=allowed)
 
-    def save(self, path: Path) -> None:
-        self._inner.save(path)
+    def save(self, path: Path, *, stamp: dict[str, Any] | None = None) -> None:
+        self._inner.save(path, stamp=stamp)
 
 
-def open_index(path: Path, dim: int) -> VectorIndex:
+def open_index(path: Path, dim: int) -> TieredIndex:
     """The index saved at ``path`` (exact or HNSW, as saved), or an empty one."""
     path = Path(path)
     if not path.exists():
@@ -587,4 +617,5 @@ def open_index(path: Path, dim: int) -> VectorIndex:
     assert isinstance(inner, ExactIndex | AnnIndex)
     if isinstance(inner, ExactIndex) and len(inner) > EXACT_MAX:  # saved under another rule
         inner = AnnIndex.from_exact(inner)
-    return TieredIndex(inner)
+    stamp = header.get("stamp")
+    return TieredIndex(inner, stamp=stamp if isinstance(stamp, dict) else None)

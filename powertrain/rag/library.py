@@ -1,8 +1,8 @@
 """Collections as the rest of powertrain sees them: owned, named, with an embedder and an index.
 
-The store holds collections, documents, chunks and their vectors; each
-collection's vector index lives in a file under ``home/indexes`` and can always
-be rebuilt from the stored vectors. A caller only ever reaches the collections
+The store holds collections, documents, chunks and their vectors; ``vectors``
+searches them (an index file per collection under ``home/indexes``, or pgvector
+on Postgres) and can always be rebuilt from the store. A caller only ever reaches the collections
 its own key made: any other name is "not found", never "forbidden", so names
 say nothing across tenants.
 """
@@ -10,7 +10,6 @@ say nothing across tenants.
 from __future__ import annotations
 
 import re
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +19,7 @@ from powertrain.catalog import Catalog
 from powertrain.engines.base import Engine
 from powertrain.engines.registry import EnginePool
 from powertrain.errors import Conflict, InvalidRequest, NotFound
-from powertrain.rag.index import (
-    ExactIndex,
-    IndexFileError,
-    TieredIndex,
-    VectorIndex,
-    open_index,
-)
+from powertrain.rag.vectors import VectorBackend, vector_backend
 from powertrain.store.collections import (
     CollectionExists,
     CollectionRecord,
@@ -50,9 +43,7 @@ class Collections:
         self.store = store
         self.engines = engines
         self.catalog = catalog
-        self.index_dir = home / "indexes"
-        self._indexes: dict[str, tuple[float, VectorIndex]] = {}
-        self._lock = threading.Lock()
+        self.vectors: VectorBackend = vector_backend(store, home / "indexes")
 
     # -- lifecycle ----------------------------------------------------------------------
     def create(
@@ -99,9 +90,7 @@ class Collections:
     def delete(self, owner: str, name: str) -> None:
         record = self.get(owner, name)
         self.store.delete(record.id)
-        with self._lock:
-            self._indexes.pop(record.id, None)
-        self.index_path(record).unlink(missing_ok=True)
+        self.vectors.forget(record)
 
     # -- embedding ----------------------------------------------------------------------
     async def embedder(self, record: CollectionRecord) -> Engine:
@@ -123,40 +112,3 @@ class Collections:
         vectors = np.asarray(result.vectors, dtype=np.float32)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return vectors / np.where(norms == 0, 1.0, norms)
-
-    # -- the vector index ----------------------------------------------------------------
-    def index_path(self, record: CollectionRecord) -> Path:
-        return self.index_dir / f"{record.id}.index"
-
-    def index(self, record: CollectionRecord, dim: int) -> VectorIndex:
-        """The collection's index, reloaded when another worker saved a newer file."""
-        path = self.index_path(record)
-        stamp = path.stat().st_mtime if path.exists() else 0.0
-        with self._lock:
-            cached = self._indexes.get(record.id)
-            if cached is not None and cached[0] >= stamp:
-                return cached[1]
-            try:
-                index = self._rebuilt(record, dim) if stamp == 0.0 else open_index(path, dim)
-            except IndexFileError:
-                # The store holds every vector: a damaged index file is rebuilt, not fatal.
-                index = self._rebuilt(record, dim)
-            self._indexes[record.id] = (stamp, index)
-            return index
-
-    def _rebuilt(self, record: CollectionRecord, dim: int) -> VectorIndex:
-        """An index from the stored vectors (first use, or its file was lost)."""
-        index: VectorIndex = TieredIndex(ExactIndex(dim))
-        rows = self.store.vectors(record.id)
-        if rows:
-            ids = [row_id for row_id, _ in rows]
-            vectors = np.frombuffer(b"".join(blob for _, blob in rows), dtype=np.float32)
-            index.add(ids, vectors.reshape(len(rows), dim))
-        return index
-
-    def save_index(self, record: CollectionRecord, index: VectorIndex) -> None:
-        self.index_dir.mkdir(parents=True, exist_ok=True)
-        path = self.index_path(record)
-        index.save(path)
-        with self._lock:
-            self._indexes[record.id] = (path.stat().st_mtime, index)

@@ -76,9 +76,9 @@ class Searcher:
         vector_ids: list[int] = []
         keyword_ids: list[int] = []
         if mode in ("hybrid", "vector"):
-            index = await asyncio.to_thread(self.collections.index, record, record.dim)
-            check = allowed.__contains__ if allowed is not None else None
-            found = await asyncio.to_thread(index.search, query_vector, fetch, allowed=check)
+            found = await asyncio.to_thread(
+                self.collections.vectors.search, record, query_vector, fetch, allowed
+            )
             vector_ids = [chunk_id for chunk_id, _ in found]
         if mode in ("hybrid", "keyword"):
             found = await asyncio.to_thread(store.keyword_search, record.id, query, fetch * 2)

@@ -16,15 +16,28 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 from sqlalchemy import Connection, delete, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from powertrain.store.db import Database
+from powertrain.store.pgvector import PgVectors
 from powertrain.store.schema import chunks, collections, documents
 
 ADMIN_OWNER = ""  # the admin key, or authentication off
 _WORD = re.compile(r"\w+", re.UNICODE)
 _MAX_QUERY_TERMS = 32
+# Words that match nearly every chunk: BM25 gives them little weight anyway, but
+# SQLite must still score every row they match (Postgres's english config drops them).
+_STOPWORD_TEXT = """a about above after again against all am an and any are as at be because been
+    before being below between both but by can could did do does doing down during each
+    few for from further had has have having he her here hers herself him himself his how
+    i if in into is it its itself just me more most my myself no nor not now of off on
+    once only or other our ours ourselves out over own same she should so some such than
+    that the their theirs them themselves then there these they this those through to too
+    under until up very was we were what when where which while who whom why will with
+    would you your yours yourself yourselves"""
+_STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 
 
 class CollectionExists(Exception):
@@ -128,13 +141,41 @@ def _document(row: Any) -> DocumentRecord:
 
 
 def keyword_terms(query: str) -> list[str]:
-    """Words of a query, as data: no FTS operator a caller types is ever interpreted."""
-    return _WORD.findall(query.lower())[:_MAX_QUERY_TERMS]
+    """Words of a query, as data: no FTS operator a caller types is ever interpreted.
+
+    Stopwords are dropped unless the query has nothing else ("to be or not to be").
+    """
+    words = list(dict.fromkeys(_WORD.findall(query.lower())))
+    content = [w for w in words if w not in _STOPWORDS]
+    return (content or words)[:_MAX_QUERY_TERMS]
+
+
+@dataclass(frozen=True)
+class VectorFingerprint:
+    """What an index file must match to be trusted: any write to a collection changes it.
+
+    A replace or an insert moves the newest document time forward; a delete
+    lowers the chunk count. (Chunk ids alone would not do: SQLite may hand a
+    deleted largest id out again.)
+    """
+
+    chunks: int
+    max_chunk_id: int
+    newest_document: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "chunks": self.chunks,
+            "max_chunk_id": self.max_chunk_id,
+            "newest_document": self.newest_document,
+        }
 
 
 class CollectionStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+        # On Postgres with pgvector, vectors are searched in the database itself.
+        self.pgvector = PgVectors.enable(db) if db.dialect == "postgresql" else None
 
     # -- collections -------------------------------------------------------------------
     def create(
@@ -174,6 +215,8 @@ class CollectionStore:
     def delete(self, collection_id: str) -> None:
         """Remove a collection with every document and chunk (and their keyword index rows)."""
         with self.db.engine.begin() as conn:
+            if self.pgvector is not None:
+                self.pgvector.drop_index(conn, collection_id)
             # Chunks first: their rows carry the keyword index, and they reference
             # documents, not the collection.
             conn.execute(delete(chunks).where(chunks.c.collection_id == collection_id))
@@ -182,11 +225,13 @@ class CollectionStore:
 
     def set_dim(self, collection_id: str, dim: int) -> None:
         with self.db.engine.begin() as conn:
-            conn.execute(
+            changed = conn.execute(
                 update(collections)
                 .where(collections.c.id == collection_id, collections.c.dim.is_(None))
                 .values(dim=dim, updated_at=_now())
-            )
+            ).rowcount
+            if changed and self.pgvector is not None:
+                self.pgvector.ensure_index(conn, collection_id, dim)
 
     def stats(self, collection_id: str) -> tuple[int, int]:
         """(documents, chunks)."""
@@ -280,6 +325,13 @@ class CollectionStore:
                 ).scalar_one()
                 for chunk in new_chunks
             ]
+            if self.pgvector is not None:
+                with_vectors = [(i, c.vector) for i, c in zip(added, new_chunks, strict=True)]
+                self.pgvector.write(
+                    conn,
+                    [i for i, v in with_vectors if v is not None],
+                    [np.frombuffer(v, dtype=np.float32) for _, v in with_vectors if v is not None],
+                )
             row = conn.execute(select(documents).where(documents.c.id == document_id)).one()
         return ReplaceOutcome(document=_document(row), removed=removed, added=added)
 
@@ -340,6 +392,21 @@ class CollectionStore:
             return [
                 (row.id, bytes(row.vector)) for row in conn.execute(query.order_by(chunks.c.id))
             ]
+
+    def fingerprint(self, collection_id: str) -> VectorFingerprint:
+        with self.db.engine.connect() as conn:
+            count, max_id = conn.execute(
+                select(func.count(), func.coalesce(func.max(chunks.c.id), 0)).where(
+                    chunks.c.collection_id == collection_id, chunks.c.vector.is_not(None)
+                )
+            ).one()
+            newest = conn.execute(
+                select(func.max(documents.c.updated_at)).where(
+                    documents.c.collection_id == collection_id
+                )
+            ).scalar_one()
+        stamp = _aware(newest).isoformat() if newest is not None else ""
+        return VectorFingerprint(int(count), int(max_id), stamp)
 
     def chunk_ids_of(self, document_ids: Sequence[int]) -> list[int]:
         if not document_ids:
