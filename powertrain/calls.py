@@ -22,7 +22,9 @@ from powertrain.schemas import ChatChunk, ChatCompletionRequest, ChatResult, Usa
 from powertrain.schemas.trace import Trace
 
 if TYPE_CHECKING:
+    from powertrain.access import Admission
     from powertrain.gateway import Gateway
+    from powertrain.store.keys import ApiKeyRecord
 
 T = TypeVar("T")
 
@@ -34,6 +36,7 @@ class CallContext:
     api_key_id: str | None = None
     source: str = "api"  # api | cli | python
     raw_request: dict[str, Any] | None = None  # the body as sent, to store without re-dumping
+    key: ApiKeyRecord | None = None  # a virtual API key: its limits and budget apply
 
 
 class _StreamDeadline:
@@ -92,6 +95,7 @@ class Call:
     first_token_at: float | None = None
     usage: Usage = field(default_factory=Usage)  # summed over attempts
     compute_seconds: float | None = None
+    admission: Admission | None = None  # what a keyed call was charged up front
     _finished: bool = False
 
     def __post_init__(self) -> None:
@@ -144,6 +148,12 @@ class Call:
             t.status, t.error_type, t.http_status, t.error_message = self._describe(error)
         if self.engine is not None and not t.attempts:
             self._record_attempt(t.latency_ms, error=t.error_message, status=t.status)
+        if self.admission is not None:
+            self.gateway.access.settle_soon(
+                self.admission,
+                tokens=t.prompt_tokens + t.completion_tokens,
+                cost_usd=t.cost_usd,
+            )
         self.gateway.traces.submit(t)
 
     def _describe(self, error: BaseException) -> tuple[Any, str, int, str]:

@@ -7,6 +7,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from powertrain.catalog import Catalog
 from powertrain.errors import ConfigError, PowertrainError
@@ -26,12 +27,22 @@ class Config:
 
     def secrets(self) -> list[str]:
         """Every secret value configured, so they can be scrubbed from any text we emit."""
-        values = [self.settings.admin_key]
+        values = [self.settings.admin_key, url_password(self.settings.redis_url)]
         for model in self.catalog:
             values.append(model.api_key)
             if model.api_key_env:
                 values.append(os.environ.get(model.api_key_env))
         return [v for v in values if v and len(v) >= 6]
+
+
+def url_password(url: str | None) -> str | None:
+    """The password in a URL such as redis://:secret@host:6379/0, if any."""
+    if not url:
+        return None
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
 
 
 def find_config_file(explicit: str | Path | None = None) -> Path | None:

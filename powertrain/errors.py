@@ -194,3 +194,49 @@ class StreamInterrupted(EngineError):
     """The upstream stream broke after the first byte; nothing may be retried."""
 
     code = "stream_interrupted"
+
+
+class ModelNotAllowed(PermissionDenied):
+    """The API key may not use this model."""
+
+    code = "model_not_allowed"
+
+
+class TaskNotAllowed(ModelNotAllowed):
+    """The API key may not run this task."""
+
+    code = "task_not_allowed"
+
+
+class KeyRateLimited(RateLimited):
+    """An API key went over its requests- or tokens-per-minute limit."""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": _seconds_up(self.retry_after)}
+
+
+class BudgetExceeded(PowertrainError):
+    """An API key's spend budget cannot cover this call."""
+
+    status_code = 429
+    error_type = "insufficient_quota"
+    code = "budget_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": _seconds_up(self.retry_after)}
+
+
+def _seconds_up(seconds: float) -> str:
+    """Whole seconds, rounded up (a client that waits exactly this long finds room), >= 1."""
+    whole = int(seconds)
+    return str(max(1, whole + (seconds > whole)))

@@ -14,10 +14,11 @@ import time
 from collections.abc import AsyncIterator
 from typing import Protocol
 
+from powertrain.access import AccessGate, KeyService, Limiter, MemoryLimiter, RedisLimiter
 from powertrain.calls import Call, CallContext
 from powertrain.catalog import ModelConfig, ModelRef
 from powertrain.config import Config
-from powertrain.engines.base import Engine
+from powertrain.engines.base import Engine, estimate_tokens
 from powertrain.engines.registry import EnginePool
 from powertrain.errors import (
     ContextWindowExceeded,
@@ -32,7 +33,7 @@ from powertrain.redact import SecretScrubber
 from powertrain.schemas import ChatChunk, ChatCompletionRequest, ChatResult, EmbeddingResult
 from powertrain.schemas.embeddings import EmbeddingRequest
 from powertrain.schemas.trace import Trace
-from powertrain.store import CollectionStore, Database, TaskStore, TraceStore
+from powertrain.store import CollectionStore, Database, KeyStore, TaskStore, TraceStore
 from powertrain.tasks.registry import TaskRegistry
 from powertrain.tasks.runner import TaskRunner
 from powertrain.tracing import TraceWriter
@@ -96,6 +97,11 @@ class Gateway:
         )
         self.ingester = Ingester(self.collections)
         self.searcher = Searcher(self.collections)
+        self.keys = KeyService(KeyStore(self.database))
+        limiter: Limiter = (
+            RedisLimiter(settings.redis_url) if settings.redis_url else MemoryLimiter()
+        )
+        self.access = AccessGate(self.keys, limiter)
         self._started = False
 
     async def start(self) -> None:
@@ -107,6 +113,7 @@ class Gateway:
 
     async def aclose(self) -> None:
         await self.engines.aclose()
+        await self.access.aclose()  # every finished call's spend is recorded
         await self.traces.aclose()
         if self._owns_database:
             # Close pooled connections now (after the last trace is written), not at exit.
@@ -150,10 +157,14 @@ class Gateway:
                     f'{request.task_fields[0]!r} is only for task models (model="task:<name>")',
                     param=request.task_fields[0],
                 )
+            if ctx.key is not None:
+                self.keys.check_model(ctx.key, ref.name)
+                await self.access.count_request(ctx.key)
             await self.attach(call, ref.name)
             assert call.model is not None and call.engine is not None
             call.request = self.with_defaults(request, call.model)
             self.check(call.request, call.engine)
+            await self.admit(call, ctx)
         except BaseException as exc:
             call.finish(error=exc)
             if isinstance(exc, PowertrainError):
@@ -174,6 +185,22 @@ class Gateway:
         call.model = self.config.catalog.get(alias)
         call.trace.engine = call.model.engine
         call.engine = self.engines.started(alias) or await self.engines.get(alias)
+
+    async def admit(self, call: Call, ctx: CallContext, *, attempts: int = 1) -> None:
+        """Tokens per minute and budget of a keyed call, once its model and request are final
+        (``AccessGate.count_request`` came first, before any work was spent on it)."""
+        if ctx.key is None:
+            return
+        engine, request, model = call.engine, call.request, call.model
+        assert engine is not None and request is not None and model is not None
+        call.admission = await self.access.admit(
+            ctx.key,
+            model,
+            prompt_tokens=lambda: engine.count_tokens(request),
+            max_output_tokens=request.max_output_tokens,
+            window=engine.context_window,
+            attempts=attempts,
+        )
 
     def with_defaults(
         self, request: ChatCompletionRequest, model: ModelConfig
@@ -234,9 +261,21 @@ class Gateway:
             ),
         )
         try:
+            if ctx.key is not None:
+                self.keys.check_model(ctx.key, request.model)
+                await self.access.count_request(ctx.key)
             call.model = self.config.catalog.get(request.model)
             call.trace.engine = call.model.engine
             call.engine = await self.engines.get(request.model)
+            if ctx.key is not None:
+                inputs = request.inputs
+                call.admission = await self.access.admit(
+                    ctx.key,
+                    call.model,
+                    prompt_tokens=lambda: sum(estimate_tokens(text) for text in inputs),
+                    max_output_tokens=0,
+                    window=None,
+                )
             timeout = self.config.settings.request_timeout
             async with asyncio.timeout(timeout):
                 result = await call.engine.embed(

@@ -38,7 +38,20 @@ class Settings(BaseModel):
         default=None,
         description="Turns authentication on: every /v1 and /api route needs this bearer key.",
     )
-    host: str = Field(default="127.0.0.1", description="Address `powertrain serve` binds.")
+    allow_unauthenticated: bool = Field(
+        default=True,
+        description="With no `admin_key`, serve without authentication, to loopback clients "
+        "only. Set false to make a missing `admin_key` an error.",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis URL (redis://host:6379/0) shared by every worker for rate limits; "
+        "limits are kept in process when unset.",
+    )
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address `powertrain serve` binds; a non-loopback address needs `admin_key`.",
+    )
     port: int = Field(default=8080, ge=0, le=65535, description="Port `powertrain serve` binds.")
     default_model: str = Field(default="smollm2", description="Model used when none is named.")
     max_body_bytes: int = Field(

@@ -53,7 +53,9 @@ def test_every_route_declares_a_policy(tmp_path: Path) -> None:
     assert undeclared == [], f"routes without an access policy: {undeclared}"
     by_path = {p: a for _m, p, a in routes}
     assert by_path["/v1/chat/completions"] is Access.KEY
-    assert by_path["/api/traces"] is Access.ADMIN
+    assert by_path["/api/traces"] is Access.KEY  # scoped to the caller's own key
+    assert by_path["/api/keys"] is Access.ADMIN
+    assert by_path["/api/keys/{key_id}"] is Access.ADMIN
     assert by_path["/healthz"] is Access.PUBLIC
 
 
@@ -62,6 +64,7 @@ def _sample_path(path: str) -> str:
         path.replace("{trace_id}", "tr_x")
         .replace("{model_id:path}", "smollm2")
         .replace("{name}", "swagger-ui.css")
+        .replace("{key_id}", "key_x")
     )
 
 

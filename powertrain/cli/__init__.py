@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from powertrain import __version__
-from powertrain.cli import generate, logs, models, rag, serve, task
+from powertrain.cli import generate, keys, logs, models, rag, serve, task
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -30,5 +30,6 @@ for command in (
     rag.ingest,
     rag.search,
     rag.ask,
+    keys.keys,
 ):
     main.add_command(command)

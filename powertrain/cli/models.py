@@ -13,6 +13,7 @@ from powertrain.cli._common import (
     load,
     print_json,
 )
+from powertrain.config import url_password
 from powertrain.settings import Settings
 
 _BUNDLED = {
@@ -59,6 +60,9 @@ def settings(config_path: str | None, as_json: bool) -> None:
         value = getattr(current, name)
         if name == "admin_key" and value:
             value = "(set)"  # never print a secret
+        password = url_password(value) if name == "redis_url" else None
+        if password:
+            value = str(value).replace(password, "***")
         rows.append(
             {
                 "name": name,

@@ -55,11 +55,6 @@ def _is_loopback(host: str) -> bool:
     show_default=True,
     help="Log every request line (costs throughput).",
 )
-@click.option(
-    "--allow-no-auth",
-    is_flag=True,
-    help="Allow binding a non-loopback address without POWERTRAIN_ADMIN_KEY.",
-)
 @friendly_errors
 def serve(
     host: str | None,
@@ -67,7 +62,6 @@ def serve(
     config_path: str | None,
     log_level: str,
     access_log: bool,
-    allow_no_auth: bool,
 ) -> None:
     """Start the OpenAI-compatible server (POST /v1/chat/completions, docs at /docs)."""
     from powertrain.server import create_app
@@ -77,11 +71,18 @@ def serve(
     settings = config.settings
     host = host or settings.host
     port = settings.port if port is None else port
-    if not _is_loopback(host) and not settings.admin_key and not allow_no_auth:
-        raise ConfigError(
-            f"refusing to serve on {host} without authentication: set POWERTRAIN_ADMIN_KEY, "
-            "or pass --allow-no-auth if this network is trusted"
-        )
+    if not settings.admin_key:
+        # Without authentication only this machine may call: never bind beyond it.
+        if not _is_loopback(host):
+            raise ConfigError(
+                f"refusing to serve on {host} without authentication: set "
+                "POWERTRAIN_ADMIN_KEY, or bind 127.0.0.1"
+            )
+        if not settings.allow_unauthenticated:
+            raise ConfigError(
+                "refusing to serve without authentication (allow_unauthenticated = false): "
+                "set POWERTRAIN_ADMIN_KEY"
+            )
     if port:
         _check_port_free(host, port)
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
@@ -89,7 +90,7 @@ def serve(
     where = config.path or "no powertrain.toml (defaults)"
     err_console.print(
         f"powertrain on http://{host}:{port}  store={app.gateway.database.describe()}  "
-        f"config={where}  auth={'on' if settings.admin_key else 'off'}"
+        f"config={where}  auth={'on' if settings.admin_key else 'off (this machine only)'}"
     )
     run_server(
         app,

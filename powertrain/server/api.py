@@ -11,6 +11,7 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from sqlalchemy import text
 
+from powertrain.access.keys import KeyService
 from powertrain.errors import NotFound
 from powertrain.gateway import Gateway
 from powertrain.schemas.trace import Trace
@@ -63,35 +64,57 @@ def _model_entry(model: Any) -> dict[str, Any]:
     }
 
 
-@router.get("/v1/models", dependencies=[policy(Access.KEY)], tags=["openai"])
-async def list_models(request: Request) -> dict[str, Any]:
-    """The catalog, in OpenAI's list shape."""
-    return {"object": "list", "data": [_model_entry(m) for m in _gateway(request).config.catalog]}
+@router.get("/v1/models", tags=["openai"])
+async def list_models(
+    request: Request, principal: Annotated[Principal, policy(Access.KEY)]
+) -> dict[str, Any]:
+    """The catalog (the models this key may use), in OpenAI's list shape."""
+    models = [
+        m for m in _gateway(request).config.catalog if KeyService.may_use(principal.key, m.alias)
+    ]
+    return {"object": "list", "data": [_model_entry(m) for m in models]}
 
 
-@router.get("/v1/models/{model_id:path}", dependencies=[policy(Access.KEY)], tags=["openai"])
-async def get_model(model_id: str, request: Request) -> dict[str, Any]:
+@router.get("/v1/models/{model_id:path}", tags=["openai"])
+async def get_model(
+    model_id: str, request: Request, principal: Annotated[Principal, policy(Access.KEY)]
+) -> dict[str, Any]:
+    if principal.key is not None:
+        KeyService.check_model(principal.key, model_id)
     return _model_entry(_gateway(request).config.catalog.get(model_id))
 
 
 @router.get("/api/traces", tags=["traces"], response_model=TracePage)
 async def list_traces(
     request: Request,
-    principal: Annotated[Principal, policy(Access.ADMIN)],
+    principal: Annotated[Principal, policy(Access.KEY)],
     model: str | None = None,
     status: Annotated[str | None, Query(pattern="^(ok|error|cancelled)$")] = None,
     task: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
+    api_key_id: Annotated[
+        str | None, Query(max_length=64, description="Only this key's (admin key only).")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
 ) -> TracePage:
-    """Traces, newest first; pass ``next_cursor`` back as ``cursor`` for older ones."""
+    """Traces, newest first; pass ``next_cursor`` back as ``cursor`` for older ones.
+
+    A virtual key sees only its own calls' traces; the admin key sees all.
+    """
     gateway = _gateway(request)
     with contextlib.suppress(Exception):  # a store outage shows as an error from list below
         await gateway.traces.flush()
     store = gateway.trace_store
-    filters = TraceFilter(model=model, status=status, task=task, since=since, until=until)
+    filters = TraceFilter(
+        model=model,
+        status=status,
+        task=task,
+        since=since,
+        until=until,
+        api_key_id=principal.scope or api_key_id,
+    )
     return await asyncio.to_thread(store.list, filters, limit=limit, cursor=cursor)
 
 
@@ -99,12 +122,16 @@ async def list_traces(
 async def get_trace(
     trace_id: Annotated[str, Path(max_length=64)],
     request: Request,
-    principal: Annotated[Principal, policy(Access.ADMIN)],
+    principal: Annotated[Principal, policy(Access.KEY)],
 ) -> Trace:
+    """One trace; a virtual key can read only its own (another's is "not found")."""
     gateway = _gateway(request)
-    trace = gateway.traces.find_pending(trace_id) or await asyncio.to_thread(
-        gateway.trace_store.get, trace_id
-    )
+    scope = principal.scope
+    trace = gateway.traces.find_pending(trace_id)
+    if trace is not None and scope is not None and trace.api_key_id != scope:
+        trace = None
+    if trace is None:
+        trace = await asyncio.to_thread(gateway.trace_store.get, trace_id, api_key_id=scope)
     if trace is None:
         raise NotFound(f"no trace with id {trace_id!r}")
     return trace

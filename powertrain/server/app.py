@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from powertrain import __version__
 from powertrain.config import Config, load_config
 from powertrain.errors import (
+    ConfigError,
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
@@ -25,7 +26,7 @@ from powertrain.errors import (
 from powertrain.gateway import Gateway
 from powertrain.schemas import ChatCompletionRequest
 from powertrain.schemas.embeddings import EmbeddingRequest
-from powertrain.server import api, collections_api, docs_assets, tasks_api
+from powertrain.server import api, collections_api, docs_assets, keys_api, tasks_api
 from powertrain.server.asgi import Message, Receive, Scope, Send, send_error
 from powertrain.server.auth import Access, Authenticator, route_access
 from powertrain.server.openai_routes import TRACE_HEADER, OpenAIRoutes
@@ -171,8 +172,12 @@ class PowertrainApp:
 
 def create_app(config: Config | None = None, *, gateway: Gateway | None = None) -> PowertrainApp:
     config = config or (gateway.config if gateway else load_config())
+    if not config.settings.admin_key and not config.settings.allow_unauthenticated:
+        raise ConfigError(
+            "allow_unauthenticated is false but no admin_key is set; set POWERTRAIN_ADMIN_KEY"
+        )
     gateway = gateway or Gateway(config)
-    authenticator = Authenticator(config.settings.admin_key)
+    authenticator = Authenticator(config.settings.admin_key, gateway.keys)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -198,6 +203,7 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
     api_app.include_router(tasks_api.router)
     api_app.include_router(tasks_api.v1_router)
     api_app.include_router(collections_api.router)
+    api_app.include_router(keys_api.router)
     api_app.include_router(docs_assets.router)
     hot = OpenAIRoutes(gateway, authenticator)
     return PowertrainApp(gateway, api_app, hot)

@@ -17,8 +17,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from powertrain.access import KeyService
 from powertrain.gateway import Gateway
-from powertrain.rag.library import CollectionNotFound
+from powertrain.rag.library import DEFAULT_EMBEDDING_MODEL, CollectionNotFound
 from powertrain.rag.loaders import load_file, safe_relative_path
 from powertrain.server.auth import Access, Principal, policy
 from powertrain.store.collections import ADMIN_OWNER, CollectionRecord
@@ -99,6 +100,8 @@ async def create_collection(
     body: CollectionCreate, request: Request, principal: Caller
 ) -> CollectionInfo:
     gateway = _gateway(request)
+    if principal.key is not None:  # embedding the documents calls this model
+        KeyService.check_model(principal.key, body.embedding_model or DEFAULT_EMBEDDING_MODEL)
     record = await asyncio.to_thread(
         gateway.collections.create,
         owner_of(principal),

@@ -55,9 +55,12 @@ class OpenAIRoutes:
         }
 
     async def _read(self, scope: Scope, receive: Receive) -> tuple[Any, CallContext]:
-        principal = self.auth.check(header(scope, b"authorization"), Access.KEY)
+        client = scope.get("client")
+        principal = await self.auth.authenticate(
+            header(scope, b"authorization"), Access.KEY, client[0] if client else None
+        )
         data = parse_json(await read_body(scope, receive, self.max_body))
-        return data, CallContext(api_key_id=principal.key_id, raw_request=data)
+        return data, CallContext(api_key_id=principal.key_id, raw_request=data, key=principal.key)
 
     async def chat_completions(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from powertrain.access import KeyService
 from powertrain.calls import CallContext
 from powertrain.errors import InvalidRequest
 from powertrain.gateway import Gateway
@@ -191,6 +192,8 @@ async def render_task(
     principal: Annotated[Principal, policy(Access.KEY)],
 ) -> RenderResponse:
     """The exact messages a run would send, without calling the model."""
+    if principal.key is not None:
+        KeyService.check_task(principal.key, name)
     plan = await _gateway(request).tasks.render(
         name, body.variables, variant=body.variant, version=body.version
     )
@@ -216,7 +219,9 @@ async def run_task(
 ) -> TaskRunResponse:
     """Run the task; the output always satisfies its schema, or this is an error."""
     ctx = CallContext(
-        api_key_id=principal.key_id, raw_request=body.model_dump(exclude_defaults=True)
+        api_key_id=principal.key_id,
+        raw_request=body.model_dump(exclude_defaults=True),
+        key=principal.key,
     )
     result = await _gateway(request).tasks.run(
         name,

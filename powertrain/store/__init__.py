@@ -2,12 +2,15 @@
 
 from powertrain.store.collections import CollectionStore
 from powertrain.store.db import Database
+from powertrain.store.keys import ApiKeyRecord, KeyStore
 from powertrain.store.tasks import SyncOutcome, TaskRecord, TaskStore, TaskVersionRecord
 from powertrain.store.traces import TraceFilter, TracePage, TraceStore
 
 __all__ = [
+    "ApiKeyRecord",
     "CollectionStore",
     "Database",
+    "KeyStore",
     "SyncOutcome",
     "TaskRecord",
     "TaskStore",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -58,6 +59,7 @@ traces = Table(
     Index("ix_traces_created_at", "created_at"),
     Index("ix_traces_model_created_at", "model", "created_at"),
     Index("ix_traces_status_created_at", "status", "created_at"),
+    Index("ix_traces_api_key_id_created_at", "api_key_id", "created_at"),
 )
 
 # Tasks: versioned prompt definitions. The JSON blobs are opaque to the store.
@@ -164,4 +166,26 @@ chunks = Table(
     Column("vector", LargeBinary),  # float32, so the index can always be rebuilt
     Index("ix_chunks_collection", "collection_id"),
     Index("ix_chunks_document", "document_id"),
+)
+
+# Virtual API keys. Only a SHA-256 of each secret is kept; money is whole nano-dollars
+# (1e-9 USD) so the budget check is exact integer arithmetic on every backend.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(128), nullable=False),
+    Column("key_hash", String(64), nullable=False),
+    Column("prefix", String(16), nullable=False),  # the first characters, for listings
+    Column("allowed_models", JsonType),  # null: every model
+    Column("allowed_tasks", JsonType),  # null: every task
+    Column("rpm", Integer),
+    Column("tpm", Integer),
+    Column("budget_nano_usd", BigInteger),  # null: unlimited
+    Column("spend_nano_usd", BigInteger, nullable=False, server_default="0"),
+    Column("reserved_nano_usd", BigInteger, nullable=False, server_default="0"),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True)),
+    Column("last_used_at", DateTime(timezone=True)),
+    Index("ix_api_keys_key_hash", "key_hash", unique=True),
 )

@@ -231,6 +231,9 @@ class TaskRunner:
         )
         call = Call(self.gateway, trace)
         try:
+            if ctx.key is not None:
+                self.gateway.keys.check_task(ctx.key, name)
+                await self.gateway.access.count_request(ctx.key)
             if refused:
                 raise InvalidRequest(
                     f"{refused[0]!r} cannot be used with task {name!r}: the task defines its "
@@ -247,6 +250,9 @@ class TaskRunner:
                 overrides=overrides or {},
                 chat_input=chat_input,
             )
+            # Output that is validated may be repaired: the budget holds for every attempt.
+            repairs = 0 if plan.contract.streamable else plan.task.settings.repairs
+            await self.gateway.admit(call, ctx, attempts=repairs + 1)
         except BaseException as exc:
             call.finish(error=exc)
             if isinstance(exc, PowertrainError):
