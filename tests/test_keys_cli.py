@@ -9,6 +9,7 @@ from typing import Any
 from click.testing import CliRunner, Result
 
 from powertrain.cli import main
+from tests.conftest import config_from
 from tests.fakes import FakeOpenAI
 from tests.keys_helpers import chat, keyed_config, served
 
@@ -80,3 +81,15 @@ async def test_keys_from_the_cli_work_on_the_server(tmp_path: Path) -> None:
         assert rows["ci"]["spend_usd"] == 0.01 and rows["ci"]["remaining_usd"] == 0.99
         assert rows["ci"]["last_used_at"] is not None
         assert "$0.01" in keys("list").stdout
+
+
+def test_the_redis_password_is_a_secret(tmp_path: Path) -> None:
+    config = config_from(
+        tmp_path, '[settings]\nredis_url = "redis://:hunter2-redis@127.0.0.1:6379/0"\n'
+    )
+    assert "hunter2-redis" in config.secrets()  # scrubbed from errors, logs and traces
+    result = CliRunner().invoke(main, ["settings", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert rows["redis_url"]["value"] == "redis://:***@127.0.0.1:6379/0"
+    assert "hunter2" not in result.output

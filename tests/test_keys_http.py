@@ -5,11 +5,13 @@ Every call goes through the real app under uvicorn to a local fake of OpenAI's A
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import openai
 import pytest
 
+from tests.conftest import eventually
 from tests.fakes import FakeOpenAI
 from tests.keys_helpers import assert_error, chat, keyed_config, served
 
@@ -264,6 +266,29 @@ async def test_an_upstream_failure_releases_its_hold(tmp_path: Path) -> None:
         assert status == 200  # the whole budget was still there
 
 
+async def test_a_client_that_leaves_releases_its_hold(tmp_path: Path) -> None:
+    async with FakeOpenAI() as upstream, served(keyed_config(tmp_path, upstream.url)) as api:
+        key_id, secret = await api.new_key(budget_usd=0.01)
+        upstream.hang()
+        request = api.call("POST", "/v1/chat/completions", chat(max_tokens=10), key=secret)
+        waiting = asyncio.ensure_future(request)
+        await upstream.wait_for_requests(1)
+        assert (await api.key_info(key_id))["reserved_usd"] == 0.01
+        waiting.cancel()  # the client goes away while the model "thinks"
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await upstream.wait_for_disconnects(1)
+        store = api.app.gateway.keys.store
+
+        def released() -> bool:
+            record = store.get(key_id)
+            return record is not None and record.reserved_nano == 0
+
+        await eventually(released, "the hold is released")
+        info = await api.key_info(key_id)
+        assert (info["reserved_usd"], info["spend_usd"]) == (0, 0)
+
+
 async def test_tenants_cannot_reach_each_others_traces_or_collections(tmp_path: Path) -> None:
     """RELIABILITY 9 over HTTP: key B guesses key A's ids and names and finds nothing."""
     async with FakeOpenAI() as upstream, served(keyed_config(tmp_path, upstream.url)) as api:
@@ -310,6 +335,7 @@ async def test_tenants_cannot_reach_each_others_traces_or_collections(tmp_path: 
             ("GET", f"{base}/secrets", None),
             ("GET", f"{base}/secrets/documents", None),
             ("POST", f"{base}/secrets/search", {"query": "launch code"}),
+            ("PUT", f"{base}/secrets/documents/plan.md", {"overwrite": True}),
             ("DELETE", f"{base}/secrets/documents/plan.md", None),
             ("DELETE", f"{base}/secrets", None),
         ):
