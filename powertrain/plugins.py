@@ -1,8 +1,8 @@
-"""Plugins: every engine, built-in or third-party, arrives through one hook.
+"""Plugins: every engine and guardrail type, built-in or third-party, arrives through a hook.
 
-Built-in engines are listed in ``DEFAULT_PLUGINS`` and registered exactly the
-way a third-party package's are (from the ``powertrain`` entry-point group),
-so the built-ins prove the hook works.
+Built-in engines and guardrails are listed in ``DEFAULT_PLUGINS`` and registered
+exactly the way a third-party package's are (from the ``powertrain`` entry-point
+group), so the built-ins prove the hooks work.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from powertrain.engines.base import Engine
+    from powertrain.guard.base import Guardrail
 
 hookspec = pluggy.HookspecMarker("powertrain")
 hookimpl = pluggy.HookimplMarker("powertrain")
@@ -24,6 +25,7 @@ DEFAULT_PLUGINS = (
     "powertrain.engines.openai",
     "powertrain.engines.anthropic",
     "powertrain.engines.sentence_transformers",
+    "powertrain.guard.builtin",
 )
 
 
@@ -31,6 +33,11 @@ class Specs:
     @hookspec
     def register_engines(self, register: Callable[[type[Engine]], None]) -> None:
         """Call ``register(EngineClass)`` once for each engine this plugin provides."""
+
+    @hookspec
+    def register_guardrails(self, register: Callable[[type[Guardrail]], None]) -> None:
+        """Call ``register(GuardrailClass)`` once for each guardrail type this plugin provides
+        (its ``type_name`` is what ``type = "..."`` names in ``[guardrails.<name>]``)."""
 
 
 def make_plugin_manager(load_entry_points: bool = True) -> pluggy.PluginManager:
