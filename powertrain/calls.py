@@ -23,6 +23,7 @@ from powertrain.schemas.trace import Trace
 
 if TYPE_CHECKING:
     from powertrain.access import Admission
+    from powertrain.cache.stage import CacheSlot
     from powertrain.gateway import Gateway
     from powertrain.store.keys import ApiKeyRecord
 
@@ -37,6 +38,7 @@ class CallContext:
     source: str = "api"  # api | cli | python
     raw_request: dict[str, Any] | None = None  # the body as sent, to store without re-dumping
     key: ApiKeyRecord | None = None  # a virtual API key: its limits and budget apply
+    headers: dict[str, str] = field(default_factory=dict)  # those a stage reads (cache control)
 
 
 class _StreamDeadline:
@@ -96,6 +98,8 @@ class Call:
     usage: Usage = field(default_factory=Usage)  # summed over attempts
     compute_seconds: float | None = None
     admission: Admission | None = None  # what a keyed call was charged up front
+    cache_status: str = "bypass"  # hit | miss | bypass, for the x-powertrain-cache header
+    cache_slot: CacheSlot | None = None  # set on a cache miss: stores a good answer
     _finished: bool = False
 
     def __post_init__(self) -> None:
@@ -123,7 +127,10 @@ class Call:
         usage_estimated: bool = False,
         compute_seconds: float | None = None,
         error: BaseException | None = None,
+        cost_usd: float | None = None,
     ) -> None:
+        """Record the outcome and submit the trace (once). ``cost_usd`` overrides the
+        price of the usage (a cache hit spent nothing)."""
         if self._finished:
             return
         self._finished = True
@@ -139,7 +146,9 @@ class Call:
             t.prompt_tokens, t.completion_tokens = usage.prompt_tokens, usage.completion_tokens
         if usage_estimated:
             t.metadata["usage_estimated"] = True
-        if self.model is not None:
+        if cost_usd is not None:
+            t.cost_usd = cost_usd
+        elif self.model is not None:
             t.cost_usd = self.model.cost(t.prompt_tokens, t.completion_tokens)
         t.compute_seconds = compute_seconds if compute_seconds is not None else self.compute_seconds
         if error is None:
@@ -226,14 +235,18 @@ class Call:
             deadline.close()
             await chunks.aclose()  # type: ignore[attr-defined]
         text = "".join(parts)
-        usage = last.usage
+        usage = last.usage or self._usage_of_partial(text)
+        finish_reason = last.finish_reason or "stop"
         self.finish(
             output=text,
-            finish_reason=last.finish_reason or "stop",
-            usage=usage or self._usage_of_partial(text),
-            usage_estimated=usage is None,
+            finish_reason=finish_reason,
+            usage=usage,
+            usage_estimated=last.usage is None,
             compute_seconds=last.compute_seconds,
         )
+        if self.cache_slot is not None:
+            answer = ChatResult(content=text, finish_reason=finish_reason, usage=usage)
+            await self.cache_slot.store(self, answer)
 
     async def complete(self, request: ChatCompletionRequest | None = None) -> ChatResult:
         """One engine attempt, recorded on the trace; the call stays open."""
@@ -282,6 +295,8 @@ class Call:
             usage=result.usage,
             compute_seconds=result.compute_seconds,
         )
+        if self.cache_slot is not None:
+            await self.cache_slot.store(self, result)
         return result
 
     def _deadline_message(self) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from powertrain.cache.stage import CacheConfig
 from powertrain.catalog import Catalog
 from powertrain.errors import ConfigError, PowertrainError
 from powertrain.settings import Settings, load_settings
@@ -24,6 +25,7 @@ class Config:
     path: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict)
     tasks: dict[str, TaskDefinition] = field(default_factory=dict)
+    cache: CacheConfig = field(default_factory=CacheConfig)
 
     def secrets(self) -> list[str]:
         """Every secret value configured, so they can be scrubbed from any text we emit."""
@@ -67,13 +69,17 @@ def load_config(path: str | Path | None = None, environ: dict[str, str] | None =
             raw = tomllib.loads(file.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{file}: not valid TOML ({exc})") from None
-    unknown = set(raw) - {"settings", "models", "tasks", "collections", "keys"}
+    unknown = set(raw) - {"settings", "models", "tasks", "collections", "keys", "cache"}
     if unknown:
         raise ConfigError(f"{file}: unknown top-level table(s): {', '.join(sorted(unknown))}")
     settings = load_settings(raw.get("settings", {}), environ)
     catalog = Catalog.from_config(raw.get("models", {}))
     tasks = _load_tasks(raw.get("tasks", {}), catalog, file)
-    return Config(settings=settings, catalog=catalog, path=file, raw=raw, tasks=tasks)
+    try:
+        cache = CacheConfig.parse(raw.get("cache", {}))
+    except ConfigError as exc:
+        raise ConfigError(f"{file}: {exc.message}") from None
+    return Config(settings=settings, catalog=catalog, path=file, raw=raw, tasks=tasks, cache=cache)
 
 
 def _load_tasks(table: Any, catalog: Catalog, file: Path | None) -> dict[str, TaskDefinition]:

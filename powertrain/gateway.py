@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from powertrain.access import AccessGate, KeyService, Limiter, MemoryLimiter, RedisLimiter
+from powertrain.cache.stage import CachedCall, CacheStage
 from powertrain.calls import Call, CallContext
 from powertrain.catalog import ModelConfig, ModelRef
 from powertrain.config import Config
@@ -61,6 +62,9 @@ class ChatCall(Protocol):
     @property
     def completion_id(self) -> str: ...
 
+    @property
+    def cache_status(self) -> str: ...  # hit | miss | bypass
+
     async def result(self) -> ChatResult: ...
 
     def stream(self) -> AsyncIterator[ChatChunk]: ...
@@ -102,6 +106,7 @@ class Gateway:
             RedisLimiter(settings.redis_url) if settings.redis_url else MemoryLimiter()
         )
         self.access = AccessGate(self.keys, limiter)
+        self.cache = CacheStage.configured(config.cache, settings.redis_url, self.engines)
         self._started = False
 
     async def start(self) -> None:
@@ -114,6 +119,7 @@ class Gateway:
     async def aclose(self) -> None:
         await self.engines.aclose()
         await self.access.aclose()  # every finished call's spend is recorded
+        await self.cache.aclose()
         await self.traces.aclose()
         if self._owns_database:
             # Close pooled connections now (after the last trace is written), not at exit.
@@ -164,6 +170,9 @@ class Gateway:
             assert call.model is not None and call.engine is not None
             call.request = self.with_defaults(request, call.model)
             self.check(call.request, call.engine)
+            hit = await self.cache.lookup(call, ctx)
+            if hit is not None:
+                return CachedCall(call, hit)  # nothing spent, so no budget held
             await self.admit(call, ctx)
         except BaseException as exc:
             call.finish(error=exc)
@@ -279,7 +288,9 @@ class Gateway:
             timeout = self.config.settings.request_timeout
             async with asyncio.timeout(timeout):
                 result = await call.engine.embed(
-                    request.inputs, deadline=time.monotonic() + timeout
+                    request.inputs,
+                    deadline=time.monotonic() + timeout,
+                    dimensions=request.dimensions,
                 )
         except TimeoutError:
             error = UpstreamTimeout(

@@ -293,3 +293,10 @@ async def test_options() -> None:
     )
     with pytest.raises(ConfigError, match="over the 512 positions"):
         await too_long.start()
+
+
+def test_dimensions_the_model_cannot_give_are_refused(client: openai.OpenAI) -> None:
+    assert len(embed(client, ["a short text"], dimensions=DIM)[0]) == DIM
+    with pytest.raises(openai.BadRequestError, match="cannot shorten them to 128") as caught:
+        embed(client, ["a short text"], dimensions=128)
+    assert caught.value.body["param"] == "dimensions"  # type: ignore[index]

@@ -452,6 +452,15 @@ async def test_embeddings(engine: OpenAIEngine, upstream: FakeOpenAI) -> None:
     }
 
 
+async def test_dimensions_are_passed_to_the_upstream(
+    engine: OpenAIEngine, upstream: FakeOpenAI
+) -> None:
+    await engine.embed(["one"], dimensions=4)
+    assert upstream.requests[-1].json["dimensions"] == 4
+    await engine.embed(["one"])
+    assert "dimensions" not in upstream.requests[-1].json
+
+
 async def test_embeddings_are_retried_like_chat(engine: OpenAIEngine, upstream: FakeOpenAI) -> None:
     upstream.fail(1, status=500)
     assert len((await engine.embed(["x"])).vectors) == 1

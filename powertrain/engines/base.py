@@ -59,7 +59,11 @@ class Engine(ABC):
     ) -> AsyncIterator[ChatChunk]:
         """Answer one request piece by piece; the last chunk has a finish reason."""
 
-    async def embed(self, inputs: list[str], *, deadline: float | None = None) -> EmbeddingResult:
+    async def embed(
+        self, inputs: list[str], *, deadline: float | None = None, dimensions: int | None = None
+    ) -> EmbeddingResult:
+        """One vector per input. ``dimensions`` asks for shorter vectors where the model
+        can give them (OpenAI's text-embedding-3); an engine that cannot refuses it."""
         raise InvalidRequest(
             f"model {self.model.alias!r} (engine {self.name}) does not produce embeddings",
             param="model",

@@ -33,7 +33,7 @@ _FINISH: dict[str, FinishReason] = {
     "content_filter": "content_filter",
 }
 # The model id sent is the catalog's; streaming is chosen by the method called.
-_NOT_FORWARDED = {"model", "stream", "stream_options"}
+_NOT_FORWARDED = {"model", "stream", "stream_options", "cache"}  # cache: powertrain's own
 _MAX_TOKENS_KEYS = ("max_tokens", "max_completion_tokens")
 
 
@@ -200,12 +200,16 @@ class OpenAIEngine(Engine):
         ):
             yield chunk
 
-    async def embed(self, inputs: list[str], *, deadline: float | None = None) -> EmbeddingResult:
+    async def embed(
+        self, inputs: list[str], *, deadline: float | None = None, dimensions: int | None = None
+    ) -> EmbeddingResult:
         body: dict[str, Any] = {
             "model": self.upstream_model,
             "input": inputs,
             "encoding_format": "float",
         }
+        if dimensions is not None:
+            body["dimensions"] = dimensions  # the upstream says whether its model can
         data = await self.provider.post_json("/embeddings", body, deadline=deadline)
         usage = _usage(data.get("usage")) or Usage(
             prompt_tokens=sum(estimate_tokens(text) for text in inputs)

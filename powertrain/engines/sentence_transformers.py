@@ -238,11 +238,22 @@ class SentenceTransformersEngine(Engine):
     def context_window(self) -> int | None:
         return self._max_seq_length or self.model.context_window
 
-    async def embed(self, inputs: list[str], *, deadline: float | None = None) -> EmbeddingResult:
+    async def embed(
+        self, inputs: list[str], *, deadline: float | None = None, dimensions: int | None = None
+    ) -> EmbeddingResult:
         """One vector per input, in input order; usage counts the tokens the model read."""
+        loaded = self.loaded
+        native = loaded.model.get_sentence_embedding_dimension()
+        if dimensions is not None and dimensions != native:
+            # Cutting a vector short is only meaningful for models trained for it
+            # (Matryoshka); these are not, so say so instead of returning worse vectors.
+            raise InvalidRequest(
+                f"model {self.model.alias!r} returns {native}-dimensional embeddings and "
+                f"cannot shorten them to {dimensions}; leave out 'dimensions'",
+                param="dimensions",
+            )
         if not inputs:
             return EmbeddingResult(vectors=[])
-        loaded = self.loaded
         work = _encode_job(loaded, inputs, self.options, self.max_seq_length, deadline)
         job = loaded.worker.submit(work)
         vectors: list[list[float] | None] = [None] * len(inputs)

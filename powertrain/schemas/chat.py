@@ -129,6 +129,10 @@ class ChatCompletionRequest(BaseModel):
     include_reasoning: bool | None = Field(
         default=None, description="Return a chain-of-thought task's reasoning."
     )
+    # powertrain's cache control for this request (headers work too; docs/cache.md).
+    cache: bool | Literal["bypass", "refresh"] | None = Field(
+        default=None, description="false or 'bypass': skip the cache; 'refresh': re-ask and store."
+    )
 
     @model_validator(mode="before")
     @classmethod

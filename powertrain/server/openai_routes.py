@@ -15,6 +15,8 @@ import time
 import traceback
 from typing import Any
 
+from powertrain.cache import RESPONSE_HEADER
+from powertrain.cache.stage import cache_headers
 from powertrain.errors import PowertrainError, StreamInterrupted
 from powertrain.gateway import CallContext, ChatCall, Gateway
 from powertrain.schemas import ChatCompletionRequest
@@ -60,7 +62,12 @@ class OpenAIRoutes:
             header(scope, b"authorization"), Access.KEY, client[0] if client else None
         )
         data = parse_json(await read_body(scope, receive, self.max_body))
-        return data, CallContext(api_key_id=principal.key_id, raw_request=data, key=principal.key)
+        return data, CallContext(
+            api_key_id=principal.key_id,
+            raw_request=data,
+            key=principal.key,
+            headers=cache_headers(scope["headers"]),
+        )
 
     async def chat_completions(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -80,7 +87,7 @@ class OpenAIRoutes:
             else:
                 result = await call.result()
                 body = result.to_openai(completion_id=call.completion_id, model=request.model)
-                await send_json(send, 200, body, [(TRACE_HEADER, call.trace_id.encode())])
+                await send_json(send, 200, body, _call_headers(call))
         except asyncio.CancelledError:
             if not watcher.disconnected:
                 raise  # the server is shutting down, not the client leaving
@@ -110,7 +117,7 @@ class OpenAIRoutes:
                 {
                     "type": "http.response.start",
                     "status": 200,
-                    "headers": [*SSE_HEADERS, (TRACE_HEADER, call.trace_id.encode())],
+                    "headers": [*SSE_HEADERS, *_call_headers(call)],
                 }
             )
             created = int(time.time())
@@ -196,3 +203,10 @@ class OpenAIRoutes:
         if scrubber:
             exc.message = scrubber.text(exc.message)
         return exc
+
+
+def _call_headers(call: ChatCall) -> list[tuple[bytes, bytes]]:
+    return [
+        (TRACE_HEADER, call.trace_id.encode()),
+        (RESPONSE_HEADER.encode(), call.cache_status.encode()),
+    ]

@@ -405,6 +405,8 @@ class TaskRunner:
 class TaskChatCall:
     """A task call shaped like a gateway ``Call`` for the chat-completions route."""
 
+    cache_status = "bypass"  # task answers are not cached yet
+
     def __init__(self, runner: TaskRunner, call: Call, plan: TaskPlan, *, include_reasoning: bool):
         self.runner = runner
         self.call = call
