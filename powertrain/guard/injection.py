@@ -28,8 +28,9 @@ if TYPE_CHECKING:
 Classifier = Callable[[str], float]
 
 _TARGETS = (
-    r"(?:instructions?|prompts?|rules|directives?|guidelines|guardrails|constraints|"
-    r"programming|polic(?:y|ies)|restrictions|safety (?:rules|guidelines)|system message)"
+    r"(?:instructions?|prompts?|rules|directives?|directions|guidelines|guidance|guardrails|"
+    r"constraints|commands|programming|polic(?:y|ies)|restrictions|safety (?:rules|guidelines)|"
+    r"system message)"
 )
 _QUALIFIERS = (
     r"(?:previous|prior|preceding|above|earlier|foregoing|original|initial|system|developer|"
@@ -92,6 +93,9 @@ _SIGNALS: tuple[tuple[str, float, tuple[str, ...], re.Pattern[str]], ...] = (
             r"instructions|rules)|pre-?prompt|instructions (?:you were given|above|verbatim)|"
             r"prompt above|developer (?:message|prompt|instructions)|(?:text|words|everything) "
             r"above)"
+            r"|(?:reveal|show|print|display|output|repeat|recite|tell me|give me|leak|dump|"
+            r"write out|expose|spell out)\b[^.\n?]{0,20}?\byour (?:instructions|rules|"
+            r"guidelines|directives|prompt|configuration)\b"
             r"|what (?:is|are|was|were) your (?:system prompt|initial instructions|"
             r"original instructions|hidden (?:rules|instructions)|instructions\b)"
             r"|repeat (?:the |all )?(?:words|text|everything) (?:above|before)"
@@ -120,6 +124,29 @@ _SIGNALS: tuple[tuple[str, float, tuple[str, ...], re.Pattern[str]], ...] = (
             r"your |the )?(?:restrictions|filters|limitations|censorship|content polic(?:y|ies)|"
             r"ethical guidelines|safety guidelines|rules|guidelines)\b"
         ),
+    ),
+    (
+        # The same request in other languages (German, Spanish, French, Italian, Portuguese).
+        "override_instructions",
+        0.8,
+        ("ignor", "vergiss", "olvida", "oublie", "dimentica", "esque"),
+        re.compile(
+            r"(?:ignorier\w*|vergiss) (?:alle |die |deine )?(?:vorherigen |bisherigen |obigen )?"
+            r"(?:anweisungen|instruktionen|regeln|vorgaben)"
+            r"|(?:ignora\w*|olvida\w*) (?:todas |todos )?(?:las |los |tus )?(?:instrucciones|"
+            r"reglas|[óo]rdenes) (?:anteriores|previas)"
+            r"|(?:ignore[zr]?|oublie[zr]?) (?:toutes )?(?:les |tes |vos )?(?:instructions|"
+            r"consignes|r[èe]gles) (?:pr[ée]c[ée]dentes|ant[ée]rieures)"
+            r"|(?:ignora|dimentica) (?:tutte )?(?:le )?(?:istruzioni|regole) precedenti"
+            r"|(?:ignore|ignora|esque[çc]a) (?:todas )?(?:as )?(?:instru[çc][õo]es|regras) "
+            r"anteriores"
+        ),
+    ),
+    (
+        "system_override",
+        0.6,
+        ("override",),
+        re.compile(r"(?:system|admin|developer|root|security) override\b"),
     ),
     (
         "encoded_instructions",

@@ -93,7 +93,8 @@ _PHONE_ANY = re.compile(
 _PHONE_WORDS = re.compile(
     r"(?i)(?:\b(?:phone|tel|telephone|mobile|cell|cellphone|fax|call|ring|text me|sms|"
     r"whatsapp|dial|hotline|helpline|mob|ph|t[ée]l[ée]phone|telefon|telefono|tel[ée]fono|"
-    r"handy|portable|celular|m[óo]vil)\b|\u7535\u8bdd)"
+    r"handy|portable|celular|m[óo]vil|(?:my|mobile|cell|home|work) number|"
+    r"reach me|contact)\b|\u7535\u8bdd)"
     r"[^\d\n]{0,24}$"
 )
 _NOT_PHONE_WORDS = re.compile(
@@ -107,19 +108,23 @@ _DATE_INSIDE = re.compile(
 )
 
 
-def _separators_consistent(candidate: str) -> bool:
+def _separators_consistent(candidate: str, *, international: bool = False) -> bool:
     """One separator throughout, except around the first group or two (a country code and
-    an area code are often set off differently: +1 (415) 555-0100, 030/1234 5678)."""
+    an area code are often set off differently: +1 (415) 555-0100, 030/1234 5678). After a
+    "+", spaces may mix with one other separator (+7 495 123-45-67, +55 11 91234-5678)."""
     skip = 2 if "(" in candidate else 1
     plain = candidate.lstrip("+").replace("(", "").replace(")", " ")
-    seps = [s.strip() or " " for s in re.findall(r"\D+", plain)]
-    return len(set(seps[skip:])) <= 1
+    kinds = {s.strip() or " " for s in re.findall(r"\D+", plain)[skip:]}
+    if international:
+        kinds.discard(" ")
+    return len(kinds) <= 1
 
 
 # Cheap substring test before the word patterns run at all.
 _PHONE_WORD_HINTS = (
     "phone", "tel", "mobile", "cell", "fax", "call", "ring", "text me", "sms", "whatsapp", "dial",
-    "line", "mob", "ph", "handy", "portable", "celular", "vil", "\u7535\u8bdd",
+    "line", "mob", "ph", "handy", "portable", "celular", "vil", "number", "reach me",
+    "contact", "\u7535\u8bdd",
 )  # fmt: skip
 
 
@@ -144,7 +149,7 @@ def find_phones(text: str) -> Iterator[Match]:
             continue
         if not any(digits[:n] in _CALLING_CODES for n in (1, 2, 3)):
             continue
-        if not _separators_consistent(candidate):
+        if not _separators_consistent(candidate, international=True):
             continue
         if candidate.startswith("00") and _phone_context(text, m.start()) != (True, False):
             continue  # 0044 20 7946 0958 is a phone; 0012345678 is usually an id
