@@ -187,7 +187,12 @@ def test_placeholders() -> None:
     assert placeholders.token("email", "A@B.CO") == "[EMAIL_1]"
     assert placeholders.token("national_id", "123-45-6789") == "[NATIONAL_ID_1]"
     assert placeholders.token("email", "c@d.co") == "[EMAIL_2]"
-    assert len(placeholders) == 3
+    assert placeholders.token("card", "4111 1111 1111 1111") == "[CARD_1]"
+    assert placeholders.token("card", "4111-1111-1111-1111") == "[CARD_1]"
+    assert placeholders.token("phone", "(415) 555-0100") == placeholders.token(
+        "phone", "415.555.0100"
+    )
+    assert len(placeholders) == 5
 
 
 # ---------------------------------------------------------------------------- streams

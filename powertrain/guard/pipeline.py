@@ -10,6 +10,7 @@ when the same ``Placeholders`` is passed to both.
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -32,6 +33,8 @@ from powertrain.guard.base import (
 if TYPE_CHECKING:
     from powertrain.guard.streaming import StreamGuard
 
+_NUMBERS = frozenset({"card", "iban", "phone", "national_id"})
+_SEPARATORS = re.compile(r"[^0-9A-Za-z+]")
 # How much of a value a preview may show (the last N characters); none by default.
 _REVEAL = {"card": 4, "iban": 4, "phone": 2}
 
@@ -49,7 +52,9 @@ class Placeholders:
         self._counts: Counter[str] = Counter()
 
     def token(self, category: str, value: str) -> str:
-        key = (category, "".join(value.split()).casefold())
+        # The same number written with other separators is the same value.
+        compact = _SEPARATORS.sub("", value) if category in _NUMBERS else "".join(value.split())
+        key = (category, compact.casefold())
         token = self._tokens.get(key)
         if token is None:
             label = placeholder_label(category)
