@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from powertrain.access import Admission
     from powertrain.cache.stage import CacheSlot
     from powertrain.gateway import Gateway
+    from powertrain.guard.stage import GuardSlot
     from powertrain.store.keys import ApiKeyRecord
 
 T = TypeVar("T")
@@ -100,6 +101,7 @@ class Call:
     admission: Admission | None = None  # what a keyed call was charged up front
     cache_status: str = "bypass"  # hit | miss | bypass, for the x-powertrain-cache header
     cache_slot: CacheSlot | None = None  # set on a cache miss: stores a good answer
+    guard: GuardSlot | None = None  # output guardrails, when any apply
     _finished: bool = False
 
     def __post_init__(self) -> None:
@@ -206,6 +208,8 @@ class Call:
         last = ChatChunk()
         deadline = _StreamDeadline(self.deadline - time.monotonic())
         chunks = self.engine.stream(self.request, deadline=self.deadline)
+        if self.guard is not None:
+            chunks = self.guard.guard_stream(self, chunks)
         try:
             while True:
                 try:
@@ -286,6 +290,8 @@ class Call:
         """The whole answer at once (not streamed)."""
         try:
             result = await self.complete()
+            if self.guard is not None:
+                result = self.guard.check_result(self, result)
         except BaseException as exc:
             self.finish(error=exc)
             raise

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from powertrain.cache.stage import CacheConfig
 from powertrain.catalog import Catalog
 from powertrain.errors import ConfigError, PowertrainError
+from powertrain.guard.config import GuardrailsConfig
 from powertrain.settings import Settings, load_settings
 from powertrain.tasks.definition import TaskDefinition, check_models
 
@@ -26,6 +27,7 @@ class Config:
     raw: dict[str, Any] = field(default_factory=dict)
     tasks: dict[str, TaskDefinition] = field(default_factory=dict)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    guardrails: GuardrailsConfig = field(default_factory=lambda: GuardrailsConfig({}, ()))
 
     def secrets(self) -> list[str]:
         """Every secret value configured, so they can be scrubbed from any text we emit."""
@@ -69,17 +71,28 @@ def load_config(path: str | Path | None = None, environ: dict[str, str] | None =
             raw = tomllib.loads(file.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{file}: not valid TOML ({exc})") from None
-    unknown = set(raw) - {"settings", "models", "tasks", "collections", "keys", "cache"}
+    known = {"settings", "models", "tasks", "collections", "keys", "cache", "guardrails"}
+    unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{file}: unknown top-level table(s): {', '.join(sorted(unknown))}")
     settings = load_settings(raw.get("settings", {}), environ)
     catalog = Catalog.from_config(raw.get("models", {}))
     tasks = _load_tasks(raw.get("tasks", {}), catalog, file)
+    base_dir = file.parent if file is not None else Path.cwd()
     try:
         cache = CacheConfig.parse(raw.get("cache", {}))
+        guardrails = GuardrailsConfig.parse(raw.get("guardrails"), base_dir=base_dir)
     except ConfigError as exc:
         raise ConfigError(f"{file}: {exc.message}") from None
-    return Config(settings=settings, catalog=catalog, path=file, raw=raw, tasks=tasks, cache=cache)
+    return Config(
+        settings=settings,
+        catalog=catalog,
+        path=file,
+        raw=raw,
+        tasks=tasks,
+        cache=cache,
+        guardrails=guardrails,
+    )
 
 
 def _load_tasks(table: Any, catalog: Catalog, file: Path | None) -> dict[str, TaskDefinition]:

@@ -27,6 +27,7 @@ from powertrain.errors import (
     PowertrainError,
     UpstreamTimeout,
 )
+from powertrain.guard.stage import GuardStage
 from powertrain.rag.ingest import Ingester
 from powertrain.rag.library import Collections
 from powertrain.rag.search import Searcher
@@ -106,6 +107,7 @@ class Gateway:
             RedisLimiter(settings.redis_url) if settings.redis_url else MemoryLimiter()
         )
         self.access = AccessGate(self.keys, limiter)
+        self.guard = GuardStage(config.guardrails)
         self.cache = CacheStage.configured(config.cache, settings.redis_url, self.engines)
         self._started = False
 
@@ -170,6 +172,7 @@ class Gateway:
             assert call.model is not None and call.engine is not None
             call.request = self.with_defaults(request, call.model)
             self.check(call.request, call.engine)
+            self.guard.check_request(call)  # before the cache: a hit is checked input too
             hit = await self.cache.lookup(call, ctx)
             if hit is not None:
                 return CachedCall(call, hit)  # nothing spent, so no budget held

@@ -250,6 +250,13 @@ class TaskRunner:
                 overrides=overrides or {},
                 chat_input=chat_input,
             )
+            # The global input guardrails read the rendered messages (user and tool roles).
+            self.gateway.guard.check_request(call)
+            if call.request is not None:
+                plan.request = call.request  # redacted, when a guardrail redacted it
+            # A task's own output checks are its schema and repairs; output guardrails
+            # apply to model calls (docs/guardrails.md).
+            call.guard = None
             # Output that is validated may be repaired: the budget holds for every attempt.
             repairs = 0 if plan.contract.streamable else plan.task.settings.repairs
             await self.gateway.admit(call, ctx, attempts=repairs + 1)
