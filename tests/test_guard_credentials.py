@@ -87,6 +87,7 @@ def test_private_key_blocks() -> None:
          "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"),
         ("Authorization: Bearer abcDEF123ghiJKL456mnoPQR789", "abcDEF123ghiJKL456mnoPQR789"),
         ("postgres://admin:s3cretP4ss@db.example.com/app", "s3cretP4ss"),
+        ("Authorization: Basic YWxhZGRpbjpvcGVuc2VzYW1l", "YWxhZGRpbjpvcGVuc2VzYW1l"),
     ],
 )  # fmt: skip
 def test_assigned_secrets(text: str, value: str) -> None:
@@ -112,6 +113,8 @@ def test_assigned_secrets(text: str, value: str) -> None:
         "secret_file: /etc/app/secret.json",
         "postgres://user:@localhost/db",
         "Bearer token",
+        "basic settings for beginners",
+        "Basic YWJjZGVmZ2hpams=",  # base64 without a colon: not credentials
     ],
 )
 def test_not_assigned_secrets(text: str) -> None:

@@ -312,6 +312,10 @@ def test_ips(text: str, value: str) -> None:
         "loopback ::1",
         "ratio 1:2:3:4:5:6:7:8",
         "3.14.15",
+        "the version is 2.0.1.5",
+        "10.5.3.2 release notes",
+        "1.2.3.4-beta",
+        "Chrome 120.0.6099.109",
     ],
 )
 def test_not_ips(text: str) -> None:

@@ -65,6 +65,7 @@ _AWS_SECRET = re.compile(
     r"(?i)aws[_\-]?secret[_\-]?(?:access[_\-]?)?key[\"']?\s*[=:]\s*[\"']?([A-Za-z0-9/+]{40})(?![\w/+])"
 )
 _BEARER = re.compile(r"(?i)\bbearer\s+([A-Za-z0-9._~+/\-]{20,}=*)")
+_BASIC = re.compile(r"(?i)\bbasic\s+([A-Za-z0-9+/]{8,}={0,2})(?![\w+/=])")
 _URL_PASSWORD = re.compile(r"\b[a-z][a-z0-9+.\-]*://[^\s:/@]+:([^\s@/]{3,})@[\w.\-]+")
 
 # Values that are names of things, not secrets: placeholders and references.
@@ -120,6 +121,16 @@ def _random_body(value: str) -> bool:
     return any(c.isdigit() or c.isupper() for c in value.split("-", 1)[1])
 
 
+def _basic_credentials(value: str) -> bool:
+    """``user:password`` in base64, as an ``Authorization: Basic`` header carries it."""
+    try:
+        decoded = base64.b64decode(value + "=" * (-len(value) % 4), validate=True).decode()
+    except (binascii.Error, ValueError):
+        return False
+    user, colon, password = decoded.partition(":")
+    return bool(colon and user and password and decoded.isprintable())
+
+
 def _jwt_header_ok(part: str) -> bool:
     try:
         header = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
@@ -163,6 +174,10 @@ def _find(text: str, min_entropy: float) -> Iterator[Match]:
         for m in _BEARER.finditer(text):
             if looks_random(m.group(1), min_entropy=min_entropy):
                 yield Match("secret", m.span(1), detail="bearer_token")
+    if "basic" in lowered:
+        for m in _BASIC.finditer(text):
+            if _basic_credentials(m.group(1)):
+                yield Match("secret", m.span(1), detail="basic_auth")
     if "://" in text:
         for m in _URL_PASSWORD.finditer(text):
             if not _PLACEHOLDER.match(m.group(1)):

@@ -292,7 +292,7 @@ def find_ibans(text: str) -> Iterator[Match]:
 
 # ---------------------------------------------------------------------------- IP address
 
-_IPV4 = re.compile(r"\d(?<![\w.]\d)\d{0,2}\.(?:\d{1,3}\.){2}\d{1,3}(?![\w]|\.\d)")
+_IPV4 = re.compile(r"\d(?<![\w.]\d)\d{0,2}\.(?:\d{1,3}\.){2}\d{1,3}(?![\w]|\.\d|-[A-Za-z])")
 _IPV6 = re.compile(
     r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:(?:\d{1,3}\.){3}\d{1,3}|[0-9A-Fa-f]{1,4})?"
     r"(?:%[\w.]+)?(?![\w:]|\.\d)"
@@ -301,8 +301,9 @@ _IPV6 = re.compile(
 _NOT_IP_WORDS = re.compile(
     r"(?i)(?:\b(?:v|ver|version|versions|release|build|firmware|sdk|api|python|node|java|"
     r"section|sections|chapter|clause|article|art|rule|step|figure|fig|table|appendix|"
-    r"paragraph|para|oid|isbn|item|part|§)|§)[\s.:#]{0,3}$"
+    r"paragraph|para|oid|isbn|item|part|§)|§)[\s.:#=]{0,3}(?:is\s+|of\s+)?$"
 )
+_NOT_IP_AFTER = re.compile(r"(?i)\s?(?:release|build|beta|alpha|rc\d*|patch|update|version)\b")
 
 
 def find_ips(text: str) -> Iterator[Match]:
@@ -312,7 +313,9 @@ def find_ips(text: str) -> Iterator[Match]:
                 ipaddress.IPv4Address(m.group())
             except ValueError:
                 continue
-            if _NOT_IP_WORDS.search(text[max(0, m.start() - 16) : m.start()]):
+            if _NOT_IP_WORDS.search(text[max(0, m.start() - 20) : m.start()]):
+                continue
+            if _NOT_IP_AFTER.match(text, m.end()):
                 continue
             yield Match("ip", m.span(), detail="ipv4")
     if "::" in text or text.count(":") >= 7:
