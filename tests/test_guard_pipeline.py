@@ -78,7 +78,10 @@ def test_block_names_the_guardrail_and_never_the_value() -> None:
     )
     body = error.to_openai()["error"]
     assert body["code"] == "guardrail_blocked" and body["type"] == "invalid_request_error"
-    assert "'no_secrets'" in body["message"] and "messages[1]" in body["message"]
+    assert body["message"] == (
+        "guardrail 'no_secrets' blocked the request: messages[1] contains an API key, password "
+        "or other secret (category 'secret'); remove or rephrase it and send the request again"
+    )
     assert "remove" in body["message"]  # says what to do
     dumped = json.dumps(body) + repr(error.finding) + json.dumps(error.outcome.as_trace_events())
     assert KEY not in dumped and KEY[-8:] not in dumped
@@ -167,7 +170,7 @@ def test_size_limits_on_the_whole_conversation() -> None:
         pipeline.check_input([user("a"), user("b"), user("c")])
     assert info.value.message == (
         "guardrail 'size' blocked the request: the request is over a size limit "
-        "(3 messages, over max_messages = 2); send a smaller request"
+        "(category 'size', 3 messages, over max_messages = 2); send a smaller request"
     )
 
 

@@ -152,10 +152,17 @@ class GuardrailBlocked(InvalidRequest):
     code = "guardrail_blocked"
 
     def __init__(self, finding: Finding, outcome: GuardOutcome):
-        what = CATEGORY_NAMES.get(finding.category, f"content in category {finding.category!r}")
-        if finding.detail and finding.category in ("banned_topic", "prompt_injection"):
-            what += f" ({finding.detail})"
-        reason = f" ({finding.reason})" if finding.reason else ""
+        what = CATEGORY_NAMES.get(finding.category, "content that is not allowed here")
+        # In brackets: the category, then labels and reasons that are safe to show (the
+        # topic, the injection signals, the limit) -- never the matched text.
+        extras = [f"category {finding.category!r}"]
+        if finding.detail and finding.category == "banned_topic":
+            extras.append(f"topic {finding.detail!r}")
+        if finding.detail and finding.category == "prompt_injection":
+            extras.append(f"signals: {finding.detail}")
+        if finding.reason:
+            extras.append(finding.reason)
+        reason = f" ({', '.join(extras)})"
         # "messages[2] contains an e-mail address", "the request is over a size limit"
         found = "is over a size limit" if finding.category == "size" else f"contains {what}"
         if finding.stage is Stage.INPUT:
