@@ -243,7 +243,7 @@ class SentenceTransformersEngine(Engine):
     ) -> EmbeddingResult:
         """One vector per input, in input order; usage counts the tokens the model read."""
         loaded = self.loaded
-        native = loaded.model.get_sentence_embedding_dimension()
+        native = loaded.model.get_embedding_dimension()
         if dimensions is not None and dimensions != native:
             # Cutting a vector short is only meaningful for models trained for it
             # (Matryoshka); these are not, so say so instead of returning worse vectors.
