@@ -422,8 +422,11 @@ class CollectionStore:
             return []
         with self.db.engine.connect() as conn:
             if self.db.dialect == "postgresql":
+                # ts_rank with length normalisation (1: divide by 1 + log length), not
+                # cover density: ts_rank_cd rewards query words standing close together,
+                # which an OR of a question's words rarely has (bench/rag/README.md).
                 sql = text(
-                    "SELECT id, ts_rank_cd(tsv, q) AS score FROM chunks, "
+                    "SELECT id, ts_rank(tsv, q, 1) AS score FROM chunks, "
                     "to_tsquery('english', :q) AS q "
                     "WHERE collection_id = :c AND tsv @@ q ORDER BY score DESC, id LIMIT :k"
                 )
