@@ -7,7 +7,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, NotRequired
 
 from pydantic import TypeAdapter
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
@@ -42,13 +42,32 @@ def new_trace_id() -> str:
 
 
 class Attempt(TypedDict):
-    """One try against one engine; retries and fallbacks each add one."""
+    """One try against one engine; retries and fallbacks each add one.
+
+    The optional keys are what a routed call adds (see docs/routing.md).
+    """
 
     model: str
     engine: str
     status: TraceStatus
     latency_ms: float
     error: str | None
+    route: NotRequired[str]
+    n: NotRequired[int]  # 1-based position among the call's attempts
+    attempt: NotRequired[int]  # 1-based, per model
+    reason: NotRequired[str]  # primary | fallback | split | cascade | semantic | … | retry
+    outcome: NotRequired[str]  # ok | rejected | error | timeout | rate_limited | …
+    error_type: NotRequired[str | None]
+    wait_s: NotRequired[float]  # slept before this attempt
+    breaker: NotRequired[str]  # closed | probe | forced
+    detail: NotRequired[str]
+    similarity: NotRequired[float]
+    prompt_tokens: NotRequired[int]
+    completion_tokens: NotRequired[int]
+    cost_usd: NotRequired[float]
+    verdict: NotRequired[dict[str, Any]]
+    streamed: NotRequired[bool]
+    then: NotRequired[str]  # retry | fallback | escalate | raise
 
 
 def _now() -> datetime:
