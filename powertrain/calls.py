@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from powertrain.cache.stage import CacheSlot
     from powertrain.gateway import Gateway
     from powertrain.guard.stage import GuardSlot
+    from powertrain.routing.stage import CallRoute
     from powertrain.store.keys import ApiKeyRecord
 
 T = TypeVar("T")
@@ -102,6 +103,7 @@ class Call:
     cache_status: str = "bypass"  # hit | miss | bypass, for the x-powertrain-cache header
     cache_slot: CacheSlot | None = None  # set on a cache miss: stores a good answer
     guard: GuardSlot | None = None  # output guardrails, when any apply
+    route: CallRoute | None = None  # a call to a route: its plan picks the models
     _finished: bool = False
 
     def __post_init__(self) -> None:
@@ -150,6 +152,8 @@ class Call:
             t.metadata["usage_estimated"] = True
         if cost_usd is not None:
             t.cost_usd = cost_usd
+        elif self.route is not None:  # every attempt's tokens at its own model's prices
+            t.cost_usd = self.route.cost_usd
         elif self.model is not None:
             t.cost_usd = self.model.cost(t.prompt_tokens, t.completion_tokens)
         t.compute_seconds = compute_seconds if compute_seconds is not None else self.compute_seconds
@@ -203,11 +207,15 @@ class Call:
 
     async def stream(self) -> AsyncIterator[ChatChunk]:
         """The engine's chunks, traced; cancelling or abandoning it stops the engine."""
-        assert self.engine is not None and self.request is not None
+        assert self.request is not None
         parts: list[str] = []
         last = ChatChunk()
         deadline = _StreamDeadline(self.deadline - time.monotonic())
-        chunks = self.engine.stream(self.request, deadline=self.deadline)
+        if self.route is not None:
+            chunks = self.route.stream(self.request)
+        else:
+            assert self.engine is not None
+            chunks = self.engine.stream(self.request, deadline=self.deadline)
         if self.guard is not None:
             chunks = self.guard.guard_stream(self, chunks)
         try:
@@ -253,10 +261,14 @@ class Call:
             await self.cache_slot.store(self, answer)
 
     async def complete(self, request: ChatCompletionRequest | None = None) -> ChatResult:
-        """One engine attempt, recorded on the trace; the call stays open."""
-        assert self.engine is not None
+        """One engine attempt (or a route's attempts), recorded on the trace; the call
+        stays open."""
         request = request or self.request
         assert request is not None
+        if self.route is not None:
+            result = await self.route.run(request)  # it records each attempt itself
+            return self._answered(result)
+        assert self.engine is not None
         attempt_started = time.perf_counter()
         remaining = self.deadline - time.monotonic()
         try:
@@ -276,6 +288,9 @@ class Call:
             self._record_attempt(_ms_since(attempt_started), error=message, status=status)
             raise
         self._record_attempt(_ms_since(attempt_started), error=None, status="ok")
+        return self._answered(result)
+
+    def _answered(self, result: ChatResult) -> ChatResult:
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
         self.usage = Usage(

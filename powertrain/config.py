@@ -13,6 +13,7 @@ from powertrain.cache.stage import CacheConfig
 from powertrain.catalog import Catalog
 from powertrain.errors import ConfigError, PowertrainError
 from powertrain.guard.config import GuardrailsConfig
+from powertrain.routing.config import RoutingConfig, parse_routes
 from powertrain.settings import Settings, load_settings
 from powertrain.tasks.definition import TaskDefinition, check_models
 
@@ -28,6 +29,7 @@ class Config:
     tasks: dict[str, TaskDefinition] = field(default_factory=dict)
     cache: CacheConfig = field(default_factory=CacheConfig)
     guardrails: GuardrailsConfig = field(default_factory=lambda: GuardrailsConfig({}, ()))
+    routes: RoutingConfig = field(default_factory=RoutingConfig)
 
     def secrets(self) -> list[str]:
         """Every secret value configured, so they can be scrubbed from any text we emit."""
@@ -71,7 +73,7 @@ def load_config(path: str | Path | None = None, environ: dict[str, str] | None =
             raw = tomllib.loads(file.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{file}: not valid TOML ({exc})") from None
-    known = {"settings", "models", "tasks", "collections", "keys", "cache", "guardrails"}
+    known = {"settings", "models", "tasks", "collections", "keys", "cache", "guardrails", "routes"}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{file}: unknown top-level table(s): {', '.join(sorted(unknown))}")
@@ -82,6 +84,7 @@ def load_config(path: str | Path | None = None, environ: dict[str, str] | None =
     try:
         cache = CacheConfig.parse(raw.get("cache", {}))
         guardrails = GuardrailsConfig.parse(raw.get("guardrails"), base_dir=base_dir)
+        routes = parse_routes(raw.get("routes"), catalog)
     except ConfigError as exc:
         raise ConfigError(f"{file}: {exc.message}") from None
     return Config(
@@ -92,6 +95,7 @@ def load_config(path: str | Path | None = None, environ: dict[str, str] | None =
         tasks=tasks,
         cache=cache,
         guardrails=guardrails,
+        routes=routes,
     )
 
 

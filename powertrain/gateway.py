@@ -32,6 +32,9 @@ from powertrain.rag.ingest import Ingester
 from powertrain.rag.library import Collections
 from powertrain.rag.search import Searcher
 from powertrain.redact import SecretScrubber
+from powertrain.routing import RequestInfo, Router, single_attempt_catalog
+from powertrain.routing.semantic import EmbedFn
+from powertrain.routing.stage import CallRoute
 from powertrain.schemas import ChatChunk, ChatCompletionRequest, ChatResult, EmbeddingResult
 from powertrain.schemas.embeddings import EmbeddingRequest
 from powertrain.schemas.trace import Trace
@@ -41,6 +44,8 @@ from powertrain.tasks.runner import TaskRunner
 from powertrain.tracing import TraceWriter
 
 __all__ = ["Call", "CallContext", "ChatCall", "Gateway"]
+
+_ROUTE_EMBED_TIMEOUT = 5.0  # seconds for a semantic route to embed the query
 
 # Request fields a catalog entry's ``params`` may default.
 _DEFAULTABLE = (
@@ -108,6 +113,10 @@ class Gateway:
         )
         self.access = AccessGate(self.keys, limiter)
         self.guard = GuardStage(config.guardrails)
+        self.router = Router(config.routes, config.catalog, embedder=self._embedder_for)
+        # Engines a route drives make one attempt each: the router's retries replace
+        # theirs, so they do not multiply and each one is traced.
+        self.route_engines = EnginePool(single_attempt_catalog(config.catalog))
         self.cache = CacheStage.configured(config.cache, settings.redis_url, self.engines)
         self._started = False
 
@@ -120,6 +129,7 @@ class Gateway:
 
     async def aclose(self) -> None:
         await self.engines.aclose()
+        await self.route_engines.aclose()
         await self.access.aclose()  # every finished call's spend is recorded
         await self.cache.aclose()
         await self.traces.aclose()
@@ -168,6 +178,9 @@ class Gateway:
             if ctx.key is not None:
                 self.keys.check_model(ctx.key, ref.name)
                 await self.access.count_request(ctx.key)
+            if ref.name in self.router:
+                await self._route(call, request, ctx, ref.name)
+                return call
             await self.attach(call, ref.name)
             assert call.model is not None and call.engine is not None
             call.request = self.with_defaults(request, call.model)
@@ -197,6 +210,35 @@ class Gateway:
         call.model = self.config.catalog.get(alias)
         call.trace.engine = call.model.engine
         call.engine = self.engines.started(alias) or await self.engines.get(alias)
+
+    async def _route(
+        self, call: Call, request: ChatCompletionRequest, ctx: CallContext, name: str
+    ) -> None:
+        """Plan a call to route ``name``; its attempts run when the call does."""
+        call.request = request
+        self.guard.check_request(call)
+        checked = call.request  # each attempt applies its own model's defaults to it
+        assert checked is not None
+        plan = await self.router.plan(name, RequestInfo.of(checked, api_key_id=ctx.api_key_id))
+        call.route = CallRoute(self, self.router, self.route_engines, call, plan)
+        if ctx.key is not None and plan.candidates:
+            # A keyed call holds budget as if every candidate were tried on the priciest.
+            priciest = max(plan.candidates, key=lambda c: (c.price_input, c.price_output))
+            await self.attach(call, priciest.model)
+            assert call.model is not None
+            call.request = self.with_defaults(checked, call.model)
+            await self.admit(call, ctx, attempts=len(plan.candidates))
+            call.request = checked
+
+    def _embedder_for(self, alias: str) -> EmbedFn:
+        """Embeddings for a semantic route's examples and queries, bounded in time."""
+
+        async def embed(texts: list[str]) -> list[list[float]]:
+            engine = self.engines.started(alias) or await self.engines.get(alias)
+            result = await engine.embed(texts, deadline=time.monotonic() + _ROUTE_EMBED_TIMEOUT)
+            return result.vectors
+
+        return embed
 
     async def admit(self, call: Call, ctx: CallContext, *, attempts: int = 1) -> None:
         """Tokens per minute and budget of a keyed call, once its model and request are final

@@ -2,26 +2,30 @@
 -- Usage: wrk -s chat.lua URL -- MODEL API_KEY STREAM(0|1)
 -- The summary line starts with "BENCH_JSON " so the harness can find it.
 
-local request_bytes
+-- Every request differs (a counter in the user message), so no target can answer
+-- from a cache: what is measured is the full path to the upstream.
+
+local head, tail, headers
+local counter = 0
 
 function init(args)
   local model = args[1] or "bench"
   local key = args[2] or "sk-bench"
   local stream = args[3] == "1"
-  local body = '{"model":"' .. model .. '","messages":['
+  head = '{"model":"' .. model .. '","messages":['
     .. '{"role":"system","content":"You are a helpful assistant."},'
-    .. '{"role":"user","content":"Say hello in one short sentence."}],'
-    .. '"max_tokens":32,"temperature":0'
+    .. '{"role":"user","content":"Say hello in one short sentence. #'
+  tail = '"}],"max_tokens":32,"temperature":0'
     .. (stream and ',"stream":true' or '')
     .. '}'
-  local headers = {}
+  headers = {}
   headers["Content-Type"] = "application/json"
   headers["Authorization"] = "Bearer " .. key
-  request_bytes = wrk.format("POST", nil, headers, body)
 end
 
 function request()
-  return request_bytes
+  counter = counter + 1
+  return wrk.format("POST", nil, headers, head .. counter .. tail)
 end
 
 function done(summary, latency, requests)

@@ -3,7 +3,11 @@
 - ``direct``: no gateway, the client calls the upstream itself (the baseline);
 - ``bare``: the bare pass-through proxy (``bare_proxy.py``) under uvicorn (the floor);
 - ``litellm``: LiteLLM's proxy, one worker, a master key, no database;
-- ``powertrain``: ``powertrain serve`` with tracing (always on) and an admin key.
+- ``powertrain``: ``powertrain serve`` with tracing (always on), the default
+  in-process cache (every request misses: the load is unique) and an admin key;
+- ``stages``: the same with every request-path stage of issue 5 on: a virtual
+  key with rpm/tpm limits and a budget, PII redaction on input and output,
+  injection and banned-term guardrails, and the cache.
 
 Every gateway is pinned to the gateway core; the upstream and the load
 generator share the other one.
@@ -12,8 +16,10 @@ generator share the other one.
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import sys
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
@@ -29,7 +35,7 @@ POWERTRAIN_ADMIN_KEY = "sk-bench-powertrain-admin"
 UPSTREAM_MODEL = "bench-model"
 GATEWAY_MODEL = "bench"
 
-TARGET_NAMES = ("direct", "bare", "litellm", "powertrain")
+TARGET_NAMES = ("direct", "bare", "litellm", "powertrain", "stages")
 
 
 @dataclass(frozen=True)
@@ -158,9 +164,52 @@ def start_powertrain(ctx: Context) -> Running:
     return Running("powertrain", endpoint, server, "powertrain", home / "powertrain.db")
 
 
+STAGES_CONFIG = """
+[guardrails.pii]
+type = "pii"
+action = "redact"
+
+[guardrails.injection]
+type = "injection"
+action = "block"
+
+[guardrails.competitors]
+type = "banned_terms"
+terms = ["globex", "initech"]
+action = "block"
+
+[cache]
+enabled = true
+"""
+
+
+def start_stages(ctx: Context) -> Running:
+    home = ctx.workdir / "stages-home"
+    home.mkdir(parents=True, exist_ok=True)
+    config = powertrain_config(ctx.upstream, home) + STAGES_CONFIG
+    server, base = start_powertrain_server(ctx.workdir, config, ctx.gateway_cpu)
+    # A virtual key whose limits never bind but are checked and counted on every call.
+    body = json.dumps(
+        {"name": "bench", "rpm": 10_000_000, "tpm": 10_000_000_000, "budget_usd": 1_000_000}
+    ).encode()
+    request = urllib.request.Request(
+        f"{base}/api/keys",
+        data=body,
+        headers={
+            "Authorization": f"Bearer {POWERTRAIN_ADMIN_KEY}",
+            "Content-Type": "application/json",
+        },
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        key = json.load(response)["key"]
+    endpoint = Endpoint(f"{base}/v1/chat/completions", GATEWAY_MODEL, key)
+    return Running("stages", endpoint, server, "powertrain, all stages", home / "powertrain.db")
+
+
 STARTERS: dict[str, Callable[[Context], Running]] = {
     "direct": start_direct,
     "bare": start_bare,
     "litellm": start_litellm,
     "powertrain": start_powertrain,
+    "stages": start_stages,
 }
