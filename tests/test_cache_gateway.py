@@ -191,3 +191,42 @@ def test_a_bad_cache_table_is_one_clear_line(tmp_path: Path) -> None:
         config_from(tmp_path, '[cache]\nbackend = "memcached"\n')
     with pytest.raises(ConfigError, match=r"\[cache\] ttl"):
         config_from(tmp_path, "[cache]\nttl = -1\n")
+
+
+TASK = """
+[tasks.capital]
+system = "Answer with the capital city only."
+user = "Country: {{ country }}"
+variables = { country = "string" }
+model = "paid"
+params = { temperature = 0 }
+"""
+
+
+async def test_task_answers_are_cached(tmp_path: Path) -> None:
+    async with FakeOpenAI(reply="Paris") as upstream:
+        upstream.usage = (20, 1)
+        config = config_from(tmp_path, TASK + openai_model_toml("paid", upstream.url, extra=PRICED))
+        async with serving(config) as (url, app), contextlib.AsyncExitStack() as stack:
+            sdk = await stack.enter_async_context(
+                openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+            )
+            country = f"France {uuid.uuid4().hex[:6]}"
+            statuses = []
+            for _ in range(2):
+                raw = await sdk.chat.completions.with_raw_response.create(
+                    model="task:capital",
+                    messages=[{"role": "user", "content": country}],
+                )
+                statuses.append(raw.headers["x-powertrain-cache"])
+                assert raw.parse().choices[0].message.content == "Paris"
+            assert statuses == ["miss", "hit"] and len(upstream.requests) == 1
+            hit = await _trace(app, raw.headers["x-powertrain-trace-id"])
+            assert hit.cost_usd == 0.0 and hit.task == "capital" and not hit.attempts
+            assert hit.metadata["cache"]["kind"] == "exact"
+
+            # The library's run_task hits the same entry; other variables miss.
+            result = await app.gateway.tasks.run("capital", {"country": country})
+            assert result.text == "Paris" and len(upstream.requests) == 1
+            await app.gateway.tasks.run("capital", {"country": country + " (the old one)"})
+            assert len(upstream.requests) == 2

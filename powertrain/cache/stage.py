@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from powertrain.cache.cache import CacheHit, HeaderValue, ResponseCache, header_value
 from powertrain.cache.entry import CachedResponse
-from powertrain.cache.keys import RequestFingerprint
+from powertrain.cache.keys import RequestFingerprint, TaskRef
 from powertrain.cache.policy import CacheDecision, CachePolicy
 from powertrain.cache.semantic import EmbedFn, engine_embedder
 from powertrain.errors import ConfigError
@@ -114,15 +114,19 @@ class CacheStage:
         engine = self.engines.started(alias) or await self.engines.get(alias)
         return engine_embedder(engine, timeout=SEMANTIC_EMBED_TIMEOUT)
 
-    async def lookup(self, call: Call, ctx: CallContext) -> CacheHit | None:
+    async def lookup(
+        self, call: Call, ctx: CallContext, *, task: TaskRef | None = None
+    ) -> CacheHit | None:
         """The stored answer for ``call``'s request, or None (then the call remembers how
-        to store its own). Raises ``InvalidRequest`` for a bypass value it cannot read."""
+        to store its own). ``task`` puts the task's name, version and variant in the key.
+        Raises ``InvalidRequest`` for a bypass value it cannot read."""
         assert call.request is not None and call.model is not None
         fingerprint = self.cache.fingerprint(
             call.request,
             api_key_id=ctx.api_key_id,
             model=call.model.alias,
             model_config=call.model,
+            task=task,
         )
         option = (ctx.raw_request or {}).get("cache")
         decision = self.cache.decide(fingerprint, headers=ctx.headers, option=option)

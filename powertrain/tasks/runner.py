@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from powertrain.cache import CacheHit, TaskRef
 from powertrain.calls import Call, CallContext
 from powertrain.errors import InvalidRequest, OutputInvalid, PowertrainError
 from powertrain.rag.answer import CITE_INSTRUCTIONS, NO_SOURCES, sources_block
@@ -69,6 +70,7 @@ class TaskPlan:
     request: ChatCompletionRequest
     params: dict[str, Any] = field(default_factory=dict)
     canned: str | None = None  # the answer when retrieval found nothing (no model call)
+    cached: CacheHit | None = None  # the answer the cache had for this exact call
 
     @property
     def messages(self) -> list[Message]:
@@ -257,6 +259,11 @@ class TaskRunner:
             # A task's own output checks are its schema and repairs; output guardrails
             # apply to model calls (docs/guardrails.md).
             call.guard = None
+            if plan.canned is None:
+                ref = TaskRef(name, plan.version_number, plan.variant)
+                plan.cached = await self.gateway.cache.lookup(call, ctx, task=ref)
+                if plan.cached is not None:
+                    return call, plan  # nothing will be spent, so no budget is held
             # Output that is validated may be repaired: the budget holds for every attempt.
             repairs = 0 if plan.contract.streamable else plan.task.settings.repairs
             await self.gateway.admit(call, ctx, attempts=repairs + 1)
@@ -304,6 +311,8 @@ class TaskRunner:
             call.engine = None  # no model was called, so the trace lists no attempt
             call.finish(output=plan.canned, finish_reason="stop")
             return self._result(call, plan, ParsedOutput(plan.canned, None, plan.canned), "stop")
+        if plan.cached is not None:
+            return self._from_cache(call, plan, plan.cached)
         request = plan.request
         rejections: list[str] = []
         text = ""
@@ -335,7 +344,21 @@ class TaskRunner:
         if parsed.reasoning is not None:
             trace.metadata["reasoning"] = parsed.reasoning
         call.finish(output=parsed.text, finish_reason=result.finish_reason)
+        if call.cache_slot is not None:  # the raw reply, so a hit parses it the same way
+            stored = ChatResult(content=text, finish_reason=result.finish_reason, usage=call.usage)
+            await call.cache_slot.store(call, stored)
         return self._result(call, plan, parsed, result.finish_reason)
+
+    def _from_cache(self, call: Call, plan: TaskPlan, hit: CacheHit) -> TaskResult:
+        """A stored answer: it was validated when stored, under this same task version."""
+        answer = hit.response.to_result()
+        parsed = plan.contract.parse(answer.content)
+        call.engine = None  # no model was called, so the trace lists no attempt
+        call.trace.metadata["cache"] = hit.trace_metadata()
+        call.finish(
+            output=parsed.text, finish_reason=answer.finish_reason, usage=Usage(), cost_usd=0.0
+        )
+        return self._result(call, plan, parsed, answer.finish_reason)
 
     @staticmethod
     def _result(call: Call, plan: TaskPlan, parsed: ParsedOutput, finish: str) -> TaskResult:
@@ -412,8 +435,6 @@ class TaskRunner:
 class TaskChatCall:
     """A task call shaped like a gateway ``Call`` for the chat-completions route."""
 
-    cache_status = "bypass"  # task answers are not cached yet
-
     def __init__(self, runner: TaskRunner, call: Call, plan: TaskPlan, *, include_reasoning: bool):
         self.runner = runner
         self.call = call
@@ -427,6 +448,10 @@ class TaskChatCall:
     @property
     def completion_id(self) -> str:
         return self.call.completion_id
+
+    @property
+    def cache_status(self) -> str:
+        return self.call.cache_status
 
     def _extra(self) -> dict[str, Any]:
         return {
@@ -448,7 +473,7 @@ class TaskChatCall:
         )
 
     async def stream(self) -> AsyncIterator[ChatChunk]:
-        if self.plan.contract.streamable and self.plan.canned is None:
+        if self.plan.contract.streamable and self.plan.canned is None and not self.plan.cached:
             # Plain text with nothing to extract or validate streams as it is generated.
             async for chunk in self.call.stream():
                 yield chunk
