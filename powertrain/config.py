@@ -79,7 +79,6 @@ def load_config(path: str | Path | None = None, environ: dict[str, str] | None =
         raise ConfigError(f"{file}: unknown top-level table(s): {', '.join(sorted(unknown))}")
     settings = load_settings(raw.get("settings", {}), environ)
     catalog = Catalog.from_config(raw.get("models", {}))
-    tasks = _load_tasks(raw.get("tasks", {}), catalog, file)
     base_dir = file.parent if file is not None else Path.cwd()
     try:
         cache = CacheConfig.parse(raw.get("cache", {}))
@@ -87,6 +86,7 @@ def load_config(path: str | Path | None = None, environ: dict[str, str] | None =
         routes = parse_routes(raw.get("routes"), catalog)
     except ConfigError as exc:
         raise ConfigError(f"{file}: {exc.message}") from None
+    tasks = _load_tasks(raw.get("tasks", {}), catalog, file, guardrails)
     return Config(
         settings=settings,
         catalog=catalog,
@@ -99,7 +99,9 @@ def load_config(path: str | Path | None = None, environ: dict[str, str] | None =
     )
 
 
-def _load_tasks(table: Any, catalog: Catalog, file: Path | None) -> dict[str, TaskDefinition]:
+def _load_tasks(
+    table: Any, catalog: Catalog, file: Path | None, guardrails: GuardrailsConfig
+) -> dict[str, TaskDefinition]:
     if not isinstance(table, dict):
         raise ConfigError(f"{file}: [tasks] must be a table of tasks")
     base_dir = file.parent if file is not None else Path.cwd()
@@ -111,6 +113,7 @@ def _load_tasks(table: Any, catalog: Catalog, file: Path | None) -> dict[str, Ta
         try:
             definition = TaskDefinition.parse(name, entry, base_dir=base_dir, where=where)
             check_models(definition.settings, catalog, where)
+            guardrails.check_names(definition.settings.guardrails, where=f"{where}.guardrails")
         except PowertrainError as exc:
             raise ConfigError(f"{file}: {exc.message}") from None
         tasks[name] = definition

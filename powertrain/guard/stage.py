@@ -12,9 +12,10 @@ when text is held back). Every finding lands in the trace under
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING
 
+from powertrain.errors import ConfigError, InvalidRequest
 from powertrain.guard.base import GuardrailBlocked, Stage
 from powertrain.guard.config import GuardrailsConfig
 from powertrain.guard.pipeline import GuardOutcome, GuardPipeline, Placeholders
@@ -86,10 +87,23 @@ class GuardStage:
     def __init__(self, config: GuardrailsConfig):
         self.config = config
         self.pipeline = config.pipeline()  # the global guardrails, in file order
+        self._pipelines: dict[tuple[str, ...], GuardPipeline] = {(): self.pipeline}
 
-    def check_request(self, call: Call) -> None:
+    def pipeline_for(self, names: Sequence[str] = ()) -> GuardPipeline:
+        """The global guardrails adjusted by a task's list (``"!name"`` opts out)."""
+        key = tuple(names)
+        pipeline = self._pipelines.get(key)
+        if pipeline is None:
+            try:
+                pipeline = self.config.pipeline(list(key))
+            except ConfigError as exc:  # a task made over the API may name one that is gone
+                raise InvalidRequest(exc.message, param="guardrails") from None
+            self._pipelines[key] = pipeline
+        return pipeline
+
+    def check_request(self, call: Call, names: Sequence[str] = ()) -> None:
         """Input guardrails on ``call.request`` (redacted in place); raises on a block."""
-        pipeline = self.pipeline
+        pipeline = self.pipeline_for(names)
         request = call.request
         if not pipeline or request is None:
             return

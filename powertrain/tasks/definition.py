@@ -199,6 +199,10 @@ class TaskSettings(BaseModel):
         default_factory=lambda: ["production"],
         description="Labels the version from the config file gets when it changes.",
     )
+    guardrails: list[str] = Field(
+        default_factory=list,
+        description="Guardrails besides the global ones; '!name' opts out of a global one.",
+    )
 
     @field_validator("params")
     @classmethod

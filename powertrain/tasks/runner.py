@@ -252,8 +252,9 @@ class TaskRunner:
                 overrides=overrides or {},
                 chat_input=chat_input,
             )
-            # The global input guardrails read the rendered messages (user and tool roles).
-            self.gateway.guard.check_request(call)
+            # Input guardrails (the global ones, as the task's list adjusts them) read the
+            # rendered messages (user and tool roles).
+            self.gateway.guard.check_request(call, plan.task.settings.guardrails)
             if call.request is not None:
                 plan.request = call.request  # redacted, when a guardrail redacted it
             # A task's own output checks are its schema and repairs; output guardrails
