@@ -149,3 +149,11 @@ def test_a_route_naming_an_unknown_model_is_one_clear_line(tmp_path: Path) -> No
 
     with pytest.raises(ConfigError, match=r"routes\.support"):
         config_from(tmp_path, '[routes.support]\nstrategy = "fallback"\nmodels = ["nope"]\n')
+
+
+async def test_routes_are_listed_like_models(tmp_path: Path) -> None:
+    async with routed(tmp_path, _route()) as (sdk, _a, _b, _app):
+        listed = {m.id: m.owned_by for m in (await sdk.models.list()).data}
+        assert listed["support"] == "powertrain:route:fallback"
+        assert {"a", "b"} <= set(listed)
+        assert (await sdk.models.retrieve("support")).id == "support"

@@ -69,10 +69,10 @@ async def list_models(
     request: Request, principal: Annotated[Principal, policy(Access.KEY)]
 ) -> dict[str, Any]:
     """The catalog (the models this key may use), in OpenAI's list shape."""
-    models = [
-        m for m in _gateway(request).config.catalog if KeyService.may_use(principal.key, m.alias)
-    ]
-    return {"object": "list", "data": [_model_entry(m) for m in models]}
+    config = _gateway(request).config
+    models = [_model_entry(m) for m in config.catalog if KeyService.may_use(principal.key, m.alias)]
+    routes = [_route_entry(r) for r in config.routes if KeyService.may_use(principal.key, r.name)]
+    return {"object": "list", "data": models + routes}
 
 
 @router.get("/v1/models/{model_id:path}", tags=["openai"])
@@ -81,7 +81,21 @@ async def get_model(
 ) -> dict[str, Any]:
     if principal.key is not None:
         KeyService.check_model(principal.key, model_id)
-    return _model_entry(_gateway(request).config.catalog.get(model_id))
+    config = _gateway(request).config
+    route = config.routes.get(model_id)
+    if route is not None:
+        return _route_entry(route)
+    return _model_entry(config.catalog.get(model_id))
+
+
+def _route_entry(route: Any) -> dict[str, Any]:
+    """A route listed like a model: clients call it by name."""
+    return {
+        "id": route.name,
+        "object": "model",
+        "created": 0,
+        "owned_by": f"powertrain:route:{route.strategy}",
+    }
 
 
 @router.get("/api/traces", tags=["traces"], response_model=TracePage)
