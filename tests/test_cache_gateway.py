@@ -230,3 +230,42 @@ async def test_task_answers_are_cached(tmp_path: Path) -> None:
             assert result.text == "Paris" and len(upstream.requests) == 1
             await app.gateway.tasks.run("capital", {"country": country + " (the old one)"})
             assert len(upstream.requests) == 2
+
+
+@pytest.mark.model
+async def test_a_rephrased_question_is_answered_by_meaning(tmp_path: Path) -> None:
+    async with FakeOpenAI(reply="Paris.") as upstream:
+        toml = "[cache]\nsemantic = true\n" + openai_model_toml("paid", upstream.url, extra=PRICED)
+        async with (
+            serving(config_from(tmp_path, toml)) as (url, app),
+            openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0) as sdk,
+        ):
+            tag = uuid.uuid4().hex[:8]  # one system prompt per run: its own semantic scope
+            system = {"role": "system", "content": f"You answer geography questions. ({tag})"}
+            create = sdk.chat.completions.with_raw_response.create
+            first = await create(
+                model="paid",
+                messages=[system, {"role": "user", "content": "What is the capital of France?"}],  # type: ignore[list-item]
+                temperature=0,
+            )
+            assert first.headers["x-powertrain-cache"] == "miss"
+            again = await create(
+                model="paid",
+                messages=[
+                    system,
+                    {"role": "user", "content": "What's the capital city of France?"},
+                ],  # type: ignore[list-item]
+                temperature=0,
+            )
+            assert again.headers["x-powertrain-cache"] == "hit"
+            assert len(upstream.requests) == 1
+            trace = await _trace(app, again.headers["x-powertrain-trace-id"])
+            assert trace.metadata["cache"]["kind"] == "semantic"
+            assert trace.metadata["cache"]["similarity"] >= 0.95
+            other = await create(
+                model="paid",
+                messages=[system, {"role": "user", "content": "How tall is Mont Blanc?"}],  # type: ignore[list-item]
+                temperature=0,
+            )
+            assert other.headers["x-powertrain-cache"] == "miss"
+            assert len(upstream.requests) == 2

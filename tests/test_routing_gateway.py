@@ -157,3 +157,22 @@ async def test_routes_are_listed_like_models(tmp_path: Path) -> None:
         assert listed["support"] == "powertrain:route:fallback"
         assert {"a", "b"} <= set(listed)
         assert (await sdk.models.retrieve("support")).id == "support"
+
+
+async def test_a_cascade_escalates_an_answer_a_guardrail_would_block(tmp_path: Path) -> None:
+    route = (
+        '[routes.support]\nstrategy = "cascade"\nmodels = ["b", "a"]\n'
+        'escalate_on = ["guardrail"]\n'
+        '[guardrails.competitors]\ntype = "banned_terms"\nterms = ["globex"]\n'
+        'action = "block"\nstages = ["output"]\n'
+    )
+    async with routed(tmp_path, route) as (sdk, a, b, app):
+        b.reply = "Try Globex."  # the cheap model's answer would be blocked
+        raw = await _ask(sdk)
+        assert raw.parse().choices[0].message.content == "from a"
+        trace = await _trace(app, raw.headers["x-powertrain-trace-id"])
+        assert [t["model"] for t in trace.attempts] == ["b", "a"]
+        assert trace.attempts[0]["outcome"] == "rejected"
+        assert "competitors" in str(trace.attempts[0]["verdict"])
+        # Both answers were paid for.
+        assert trace.cost_usd == pytest.approx(15 * 10 / 1e6 + 15 * 1000 / 1e6)

@@ -38,6 +38,14 @@ class GuardSlot:
         self.pipeline = pipeline
         self.placeholders = placeholders
 
+    def objection(self, text: str) -> str | None:
+        """Why the output guardrails would block ``text`` (a cascade escalates), or None."""
+        outcome = self.pipeline.check_output(
+            text, placeholders=self.placeholders, raise_on_block=False
+        )
+        blocked = outcome.blocked_by
+        return None if blocked is None else f"{blocked.guardrail}: {blocked.category}"
+
     def check_result(self, call: Call, result: ChatResult) -> ChatResult:
         """The answer as the caller may see it; raises ``GuardrailBlocked``."""
         outcome = self.pipeline.check_output(

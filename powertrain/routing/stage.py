@@ -68,7 +68,12 @@ class CallRoute:
             engine, bound = await self._bind(candidate, request)
             return await engine.chat(bound, deadline=self.execution.deadline)
 
-        accept = self.router.cascade_check(self.plan, schema=request.json_schema)
+        guard = self.call.guard
+        accept = self.router.cascade_check(
+            self.plan,
+            schema=request.json_schema,
+            guardrail=guard.objection if guard is not None else None,
+        )
         try:
             result: ChatResult = await self.execution.run(attempt, accept=accept)
         finally:
