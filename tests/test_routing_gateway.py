@@ -166,7 +166,7 @@ async def test_a_cascade_escalates_an_answer_a_guardrail_would_block(tmp_path: P
         '[guardrails.competitors]\ntype = "banned_terms"\nterms = ["globex"]\n'
         'action = "block"\nstages = ["output"]\n'
     )
-    async with routed(tmp_path, route) as (sdk, a, b, app):
+    async with routed(tmp_path, route) as (sdk, _a, b, app):
         b.reply = "Try Globex."  # the cheap model's answer would be blocked
         raw = await _ask(sdk)
         assert raw.parse().choices[0].message.content == "from a"
