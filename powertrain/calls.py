@@ -329,3 +329,22 @@ class Call:
 
 def _ms_since(started: float) -> float:
     return (time.perf_counter() - started) * 1000
+
+
+class CallView:
+    """What a ``ChatCall`` that answers for an open ``Call`` shows of it (a task call,
+    a cache hit): its trace id, completion id and cache status."""
+
+    call: Call
+
+    @property
+    def trace_id(self) -> str:
+        return self.call.trace_id
+
+    @property
+    def completion_id(self) -> str:
+        return self.call.completion_id
+
+    @property
+    def cache_status(self) -> str:
+        return self.call.cache_status

@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
 
-from powertrain.cache.cache import CacheHit, HeaderValue, ResponseCache, header_value
+from powertrain.cache.cache import CacheHit, ResponseCache, header_value
 from powertrain.cache.entry import CachedResponse
 from powertrain.cache.keys import RequestFingerprint, TaskRef
 from powertrain.cache.policy import CacheDecision, CachePolicy
 from powertrain.cache.semantic import EmbedFn, engine_embedder
+from powertrain.calls import CallView
 from powertrain.errors import ConfigError
 from powertrain.schemas import ChatChunk, ChatResult, Usage
 
@@ -140,7 +141,7 @@ class CacheStage:
         return hit
 
 
-class CachedCall:
+class CachedCall(CallView):
     """A call answered from the cache: traced as a hit, replayed without an engine."""
 
     def __init__(self, call: Call, hit: CacheHit):
@@ -155,18 +156,6 @@ class CachedCall:
             usage=Usage(),
             cost_usd=0.0,
         )
-
-    @property
-    def trace_id(self) -> str:
-        return self.call.trace_id
-
-    @property
-    def completion_id(self) -> str:
-        return self.call.completion_id
-
-    @property
-    def cache_status(self) -> HeaderValue:
-        return "hit"
 
     async def result(self) -> ChatResult:
         return self.answer

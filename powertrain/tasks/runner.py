@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from powertrain.cache import CacheHit, TaskRef
-from powertrain.calls import Call, CallContext
+from powertrain.calls import Call, CallContext, CallView
 from powertrain.errors import InvalidRequest, OutputInvalid, PowertrainError
 from powertrain.rag.answer import CITE_INSTRUCTIONS, NO_SOURCES, sources_block
 from powertrain.schemas import ChatChunk, ChatCompletionRequest, ChatResult, Usage
@@ -433,7 +433,7 @@ class TaskRunner:
         return TaskChatCall(self, call, plan, include_reasoning=bool(request.include_reasoning))
 
 
-class TaskChatCall:
+class TaskChatCall(CallView):
     """A task call shaped like a gateway ``Call`` for the chat-completions route."""
 
     def __init__(self, runner: TaskRunner, call: Call, plan: TaskPlan, *, include_reasoning: bool):
@@ -441,18 +441,6 @@ class TaskChatCall:
         self.call = call
         self.plan = plan
         self.include_reasoning = include_reasoning
-
-    @property
-    def trace_id(self) -> str:
-        return self.call.trace_id
-
-    @property
-    def completion_id(self) -> str:
-        return self.call.completion_id
-
-    @property
-    def cache_status(self) -> str:
-        return self.call.cache_status
 
     def _extra(self) -> dict[str, Any]:
         return {
