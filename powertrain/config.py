@@ -86,7 +86,7 @@ def load_config(path: str | Path | None = None, environ: dict[str, str] | None =
         routes = parse_routes(raw.get("routes"), catalog)
     except ConfigError as exc:
         raise ConfigError(f"{file}: {exc.message}") from None
-    tasks = _load_tasks(raw.get("tasks", {}), catalog, file, guardrails)
+    tasks = _load_tasks(raw.get("tasks", {}), catalog, file, guardrails, routes)
     return Config(
         settings=settings,
         catalog=catalog,
@@ -100,7 +100,11 @@ def load_config(path: str | Path | None = None, environ: dict[str, str] | None =
 
 
 def _load_tasks(
-    table: Any, catalog: Catalog, file: Path | None, guardrails: GuardrailsConfig
+    table: Any,
+    catalog: Catalog,
+    file: Path | None,
+    guardrails: GuardrailsConfig,
+    routes: RoutingConfig,
 ) -> dict[str, TaskDefinition]:
     if not isinstance(table, dict):
         raise ConfigError(f"{file}: [tasks] must be a table of tasks")
@@ -112,7 +116,7 @@ def _load_tasks(
             raise ConfigError(f"{file}: {where} must be a table")
         try:
             definition = TaskDefinition.parse(name, entry, base_dir=base_dir, where=where)
-            check_models(definition.settings, catalog, where)
+            check_models(definition.settings, catalog, where, routes.routes)
             guardrails.check_names(definition.settings.guardrails, where=f"{where}.guardrails")
         except PowertrainError as exc:
             raise ConfigError(f"{file}: {exc.message}") from None

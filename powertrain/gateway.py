@@ -219,16 +219,28 @@ class Gateway:
         self.guard.check_request(call)
         checked = call.request  # each attempt applies its own model's defaults to it
         assert checked is not None
-        plan = await self.router.plan(name, RequestInfo.of(checked, api_key_id=ctx.api_key_id))
-        call.route = CallRoute(self, self.router, self.route_engines, call, plan)
-        if ctx.key is not None and plan.candidates:
+        await self.plan_route(call, name, ctx.api_key_id)
+        if ctx.key is not None:
             # A keyed call holds budget as if every candidate were tried on the priciest.
-            priciest = max(plan.candidates, key=lambda c: (c.price_input, c.price_output))
-            await self.attach(call, priciest.model)
+            await self.attach(call, self.priciest(name))
             assert call.model is not None
             call.request = self.with_defaults(checked, call.model)
-            await self.admit(call, ctx, attempts=len(plan.candidates))
+            await self.admit(call, ctx, attempts=len(self.router.config.get(name).candidates))  # type: ignore[union-attr]
             call.request = checked
+
+    async def plan_route(self, call: Call, name: str, api_key_id: str | None) -> None:
+        """Give ``call`` (its request made) the plan of route ``name``."""
+        assert call.request is not None
+        info = RequestInfo.of(call.request, api_key_id=api_key_id)
+        plan = await self.router.plan(name, info)
+        call.route = CallRoute(self, self.router, self.route_engines, call, plan)
+
+    def priciest(self, route: str) -> str:
+        """The route's most expensive model: budgets are held at its prices."""
+        config = self.router.config.get(route)
+        assert config is not None
+        models = [self.config.catalog.get(alias) for alias in config.candidates]
+        return max(models, key=lambda m: m.price_input + m.price_output).alias
 
     def _embedder_for(self, alias: str) -> EmbedFn:
         """Embeddings for a semantic route's examples and queries, bounded in time."""

@@ -176,3 +176,30 @@ async def test_a_cascade_escalates_an_answer_a_guardrail_would_block(tmp_path: P
         assert "competitors" in str(trace.attempts[0]["verdict"])
         # Both answers were paid for.
         assert trace.cost_usd == pytest.approx(15 * 10 / 1e6 + 15 * 1000 / 1e6)
+
+
+async def test_a_task_can_use_a_route(tmp_path: Path) -> None:
+    task = (
+        '[tasks.greet]\nsystem = "Greet."\nuser = "Hello {{ name }}"\n'
+        'variables = { name = "string" }\nmodel = "support"\n'
+    )
+    async with routed(tmp_path, _route() + task) as (sdk, a, b, app):
+        a.fail(times=10, status=500)
+        raw = await sdk.chat.completions.with_raw_response.create(
+            model="task:greet", messages=[{"role": "user", "content": "Ada"}]
+        )
+        assert raw.parse().choices[0].message.content == "from b"
+        assert "Hello Ada" in b.requests[-1].json["messages"][-1]["content"]
+        trace = await _trace(app, raw.headers["x-powertrain-trace-id"])
+        assert trace.task == "greet" and trace.model == "support"
+        assert [t["model"] for t in trace.attempts] == ["a", "a", "b"]
+        result = await app.gateway.tasks.run("greet", {"name": "Grace"})
+        assert result.text == "from b"
+
+
+def test_a_task_naming_neither_a_model_nor_a_route_is_refused(tmp_path: Path) -> None:
+    from powertrain.errors import ConfigError
+
+    task = '[tasks.greet]\nuser = "Hello"\nmodel = "nowhere"\n'
+    with pytest.raises(ConfigError, match="neither in the catalog nor a route"):
+        config_from(tmp_path, task)

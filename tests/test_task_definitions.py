@@ -75,7 +75,7 @@ def test_config_task_is_parsed_and_split(tmp_path: Path) -> None:
         ({"user": "{{ reveiw }}"}, "declares no variable 'reveiw'"),
         (
             {"extra": "[tasks.sentiment.variants.a]\nmodel = 'gpt-9'"},
-            "'gpt-9' is not in the catalog",
+            "'gpt-9' is neither in the catalog nor a route",
         ),
         ({"extra": "[tasks.sentiment.variants.a]\nweight = 0"}, "weight above 0"),
         ({"extra": "[tasks.sentiment.variants.a]\nparams = { tempreature = 1 }"}, "tempreature"),

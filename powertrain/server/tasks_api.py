@@ -101,7 +101,7 @@ async def create_task(request: Request, body: Annotated[dict[str, Any], Body()])
     table = dict(body)
     name = str(table.pop("name", ""))
     definition = TaskDefinition.parse(name, table, base_dir=None, where="task")
-    check_models(definition.settings, gateway.config.catalog, "task")
+    check_models(definition.settings, gateway.config.catalog, "task", gateway.config.routes.routes)
     gateway.guard.pipeline_for(definition.settings.guardrails)  # unknown names: a 400
     await asyncio.to_thread(gateway.tasks.registry.create, definition, definition.settings.labels)
     return await _detail(gateway, name)
@@ -119,7 +119,7 @@ async def update_task_settings(
     """Replace an API task's settings (variants, split, repairs…); makes no new version."""
     gateway = _gateway(request)
     settings = parse_settings(body, where="settings")
-    check_models(settings, gateway.config.catalog, "settings")
+    check_models(settings, gateway.config.catalog, "settings", gateway.config.routes.routes)
     gateway.guard.pipeline_for(settings.guardrails)
     await asyncio.to_thread(gateway.tasks.registry.update_settings, name, settings)
     return await _detail(gateway, name)

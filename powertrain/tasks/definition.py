@@ -17,6 +17,7 @@ import importlib
 import json
 import re
 import sys
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Literal
 
@@ -221,14 +222,20 @@ class TaskSettings(BaseModel):
         return self.variants or {DEFAULT_VARIANT: VariantSpec()}
 
 
-def check_models(definition_settings: TaskSettings, catalog: Catalog, where: str) -> None:
-    """Every variant must name a model the catalog has."""
+def check_models(
+    definition_settings: TaskSettings,
+    catalog: Catalog,
+    where: str,
+    routes: Collection[str] = (),
+) -> None:
+    """Every variant must name a model the catalog has, or a route."""
     for name, variant in definition_settings.effective_variants().items():
         alias = variant.model or definition_settings.model
-        if alias is not None and alias not in catalog:
+        if alias is not None and alias not in catalog and alias not in routes:
+            known = [m.alias for m in catalog] + sorted(routes)
             raise InvalidRequest(
-                f"{where}.variants.{name}: model {alias!r} is not in the catalog "
-                f"(known: {', '.join(m.alias for m in catalog)})"
+                f"{where}.variants.{name}: model {alias!r} is neither in the catalog nor a "
+                f"route (known: {', '.join(known)})"
             )
 
 

@@ -104,7 +104,10 @@ class TaskRunner:
         trace = call.trace
         trace.variant, trace.model = chosen, alias
         trace.metadata["task_version"] = number
-        await self.gateway.attach(call, alias)
+        routed = alias in self.gateway.router
+        # A route's prompt is fitted to (and budgeted at) its priciest model; each attempt
+        # checks its own model's window, and an overflow moves on to a larger one.
+        await self.gateway.attach(call, self.gateway.priciest(alias) if routed else alias)
         assert call.engine is not None and call.model is not None
         engine = call.engine
         where = f"task {name!r}"
@@ -152,6 +155,8 @@ class TaskRunner:
         if prompt.examples_dropped:
             trace.metadata["examples_dropped"] = prompt.examples_dropped
         call.request = request
+        if routed:
+            await self.gateway.plan_route(call, alias, call.trace.api_key_id)
         return TaskPlan(
             task=task,
             variant=chosen,
@@ -267,7 +272,8 @@ class TaskRunner:
                     return call, plan  # nothing will be spent, so no budget is held
             # Output that is validated may be repaired: the budget holds for every attempt.
             repairs = 0 if plan.contract.streamable else plan.task.settings.repairs
-            await self.gateway.admit(call, ctx, attempts=repairs + 1)
+            candidates = len(call.route.plan.candidates) if call.route is not None else 1
+            await self.gateway.admit(call, ctx, attempts=(repairs + 1) * max(1, candidates))
         except BaseException as exc:
             call.finish(error=exc)
             if isinstance(exc, PowertrainError):
