@@ -10,16 +10,18 @@ itself. Every outcome — success, error, timeout or a caller who left — ends 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from powertrain.catalog import ModelConfig
+from powertrain.engines._retry import retry_observer
 from powertrain.engines.base import Engine, estimate_tokens
 from powertrain.errors import PowertrainError, UpstreamTimeout
 from powertrain.schemas import ChatChunk, ChatCompletionRequest, ChatResult, Usage
-from powertrain.schemas.trace import Trace
+from powertrain.schemas.trace import Attempt, Trace
 
 if TYPE_CHECKING:
     from powertrain.access import Admission
@@ -105,6 +107,9 @@ class Call:
     guard: GuardSlot | None = None  # output guardrails, when any apply
     route: CallRoute | None = None  # a call to a route: its plan picks the models
     _finished: bool = False
+    _attempt_started: float = 0.0  # when the engine's current attempt began
+    _waited: float | None = None  # the engine's wait before its current attempt (a retry)
+    _final_recorded: bool = False  # complete() recorded the attempt that ended the call
 
     def __post_init__(self) -> None:
         # One deadline for the whole call: repairs and retries share it.
@@ -161,8 +166,9 @@ class Call:
             t.status, t.http_status = "ok", 200
         else:
             t.status, t.error_type, t.http_status, t.error_message = self._describe(error)
-        if self.engine is not None and not t.attempts:
-            self._record_attempt(t.latency_ms, error=t.error_message, status=t.status)
+        if self.engine is not None and self.route is None and not self._final_recorded:
+            latency = _ms_since(self._attempt_started) if self._attempt_started else t.latency_ms
+            self._record_attempt(latency, error=t.error_message, status=t.status)
         if self.admission is not None:
             self.gateway.access.settle_soon(
                 self.admission,
@@ -186,15 +192,37 @@ class Call:
 
     def _record_attempt(self, latency_ms: float, *, error: str | None, status: Any) -> None:
         assert self.engine is not None
-        self.trace.attempts.append(
-            {
-                "model": self.model.alias if self.model else self.trace.model,
-                "engine": self.engine.name,
-                "status": status,
-                "latency_ms": latency_ms,
-                "error": error,
-            }
+        attempt: Attempt = {
+            "model": self.model.alias if self.model else self.trace.model,
+            "engine": self.engine.name,
+            "status": status,
+            "latency_ms": latency_ms,
+            "error": error,
+        }
+        if self._waited is not None:
+            attempt["wait_s"] = self._waited
+        self.trace.attempts.append(attempt)
+        self._waited = None
+
+    def _engine_retried(self, error: PowertrainError, wait: float) -> None:
+        """An engine's own retry inside this call: its failed attempt goes in the trace."""
+        self._record_attempt(
+            _ms_since(self._attempt_started),
+            error=self.gateway.scrubber.text(error.message),
+            status="error",
         )
+        self._waited = wait
+        self._attempt_started = time.perf_counter() + wait
+
+    @contextlib.contextmanager
+    def _observing_retries(self) -> Iterator[None]:
+        self._attempt_started = time.perf_counter()
+        token = retry_observer.set(self._engine_retried)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(ValueError):  # a stream closed from another context
+                retry_observer.reset(token)
 
     def _usage_of_partial(self, text: str) -> Usage:
         prompt = 0
@@ -218,6 +246,8 @@ class Call:
             chunks = self.engine.stream(self.request, deadline=self.deadline)
         if self.guard is not None:
             chunks = self.guard.guard_stream(self, chunks)
+        observing = self._observing_retries()
+        observing.__enter__()
         try:
             while True:
                 try:
@@ -245,6 +275,7 @@ class Call:
             raise
         finally:
             deadline.close()
+            observing.__exit__(None, None, None)
             await chunks.aclose()  # type: ignore[attr-defined]
         text = "".join(parts)
         usage = last.usage or self._usage_of_partial(text)
@@ -269,25 +300,28 @@ class Call:
             result = await self.route.run(request)  # it records each attempt itself
             return self._answered(result)
         assert self.engine is not None
-        attempt_started = time.perf_counter()
         remaining = self.deadline - time.monotonic()
+        self._final_recorded = True  # every way out of here records its attempt
         try:
-            if remaining <= 0:
-                raise TimeoutError
-            if self.engine.capabilities.chat_honours_deadline:
-                result = await self.engine.chat(request, deadline=self.deadline)
-            else:
-                async with asyncio.timeout(remaining):
+            with self._observing_retries():
+                if remaining <= 0:
+                    raise TimeoutError
+                if self.engine.capabilities.chat_honours_deadline:
                     result = await self.engine.chat(request, deadline=self.deadline)
+                else:
+                    async with asyncio.timeout(remaining):
+                        result = await self.engine.chat(request, deadline=self.deadline)
         except TimeoutError:
             error = UpstreamTimeout(self._deadline_message())
-            self._record_attempt(_ms_since(attempt_started), error=error.message, status="error")
+            self._record_attempt(
+                _ms_since(self._attempt_started), error=error.message, status="error"
+            )
             raise error from None
         except BaseException as exc:
             status, _, _, message = self._describe(exc)
-            self._record_attempt(_ms_since(attempt_started), error=message, status=status)
+            self._record_attempt(_ms_since(self._attempt_started), error=message, status=status)
             raise
-        self._record_attempt(_ms_since(attempt_started), error=None, status="ok")
+        self._record_attempt(_ms_since(self._attempt_started), error=None, status="ok")
         return self._answered(result)
 
     def _answered(self, result: ChatResult) -> ChatResult:

@@ -203,3 +203,26 @@ def test_a_task_naming_neither_a_model_nor_a_route_is_refused(tmp_path: Path) ->
     task = '[tasks.greet]\nuser = "Hello"\nmodel = "nowhere"\n'
     with pytest.raises(ConfigError, match="neither in the catalog nor a route"):
         config_from(tmp_path, task)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_plain_models_own_retries_are_each_in_the_trace(
+    tmp_path: Path, stream: bool
+) -> None:
+    async with routed(tmp_path, _route()) as (sdk, a, _b, app):
+        a.fail(times=2, status=503, retry_after="0.05")
+        raw = await sdk.chat.completions.with_raw_response.create(
+            model="a", messages=[{"role": "user", "content": "hello"}], stream=stream
+        )
+        trace_id = raw.headers["x-powertrain-trace-id"]
+        if stream:
+            async for _ in raw.parse():
+                pass
+        else:
+            assert raw.parse().choices[0].message.content == "from a"
+        assert len(a.requests) == 3
+        trace = await _trace(app, trace_id)
+        assert [t["status"] for t in trace.attempts] == ["error", "error", "ok"]
+        assert "wait_s" not in trace.attempts[0]
+        assert [t["wait_s"] for t in trace.attempts[1:]] == pytest.approx([0.05, 0.05])
+        assert all(t["model"] == "a" for t in trace.attempts)

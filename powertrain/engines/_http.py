@@ -26,6 +26,7 @@ from powertrain.engines._retry import (
     error_for_status,
     is_retryable_status,
     parse_retry_after,
+    retry_observer,
 )
 from powertrain.engines._sse import (
     SSEDecoder,
@@ -205,6 +206,9 @@ class HTTPProvider:
         delay = self.retry.wait(retry, failure.retry_after, deadline)
         if delay is None:
             raise failure.error from failure.error.__cause__
+        observer = retry_observer.get()
+        if observer is not None:
+            observer(failure.error, delay)
         await asyncio.sleep(delay)
 
     # requests -------------------------------------------------------------

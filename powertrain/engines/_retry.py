@@ -5,7 +5,8 @@ from __future__ import annotations
 import email.utils
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import orjson
@@ -17,6 +18,12 @@ from powertrain.errors import (
     RateLimited,
     UpstreamError,
 )
+
+# Who wants to hear of each retry an engine makes inside one call: the gateway's Call
+# sets it so every attempt lands in the trace, while engines stay ignorant of traces.
+# Called with the failure and the wait before the next attempt.
+RetryObserver = Callable[[PowertrainError, float], None]
+retry_observer: ContextVar[RetryObserver | None] = ContextVar("retry_observer", default=None)
 
 DEFAULT_BACKOFF_BASE = 0.5
 DEFAULT_BACKOFF_MAX = 8.0
