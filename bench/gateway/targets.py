@@ -200,8 +200,12 @@ def start_stages(ctx: Context) -> Running:
             "Content-Type": "application/json",
         },
     )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        key = json.load(response)["key"]
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            key = json.load(response)["key"]
+    except BaseException:
+        server.stop()  # a target that cannot start must not keep running
+        raise
     endpoint = Endpoint(f"{base}/v1/chat/completions", GATEWAY_MODEL, key)
     return Running("stages", endpoint, server, "powertrain, all stages", home / "powertrain.db")
 
