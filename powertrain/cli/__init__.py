@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from powertrain import __version__
+from powertrain.cli import eval as eval_cli
 from powertrain.cli import generate, keys, logs, models, rag, serve, task
 
 
@@ -31,5 +32,6 @@ for command in (
     rag.search,
     rag.ask,
     keys.keys,
+    eval_cli.eval_group,
 ):
     main.add_command(command)

@@ -2,6 +2,7 @@
 
 from powertrain.store.collections import CollectionStore
 from powertrain.store.db import Database
+from powertrain.store.evals import EvalResultRecord, EvalRunRecord, EvalStore
 from powertrain.store.keys import ApiKeyRecord, KeyStore
 from powertrain.store.tasks import SyncOutcome, TaskRecord, TaskStore, TaskVersionRecord
 from powertrain.store.traces import TraceFilter, TracePage, TraceStore
@@ -10,6 +11,9 @@ __all__ = [
     "ApiKeyRecord",
     "CollectionStore",
     "Database",
+    "EvalResultRecord",
+    "EvalRunRecord",
+    "EvalStore",
     "KeyStore",
     "SyncOutcome",
     "TaskRecord",

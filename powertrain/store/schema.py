@@ -189,3 +189,45 @@ api_keys = Table(
     Column("last_used_at", DateTime(timezone=True)),
     Index("ix_api_keys_key_hash", "key_hash", unique=True),
 )
+
+# Eval runs and their results, one row per (run, case, target, repeat), written as each
+# case finishes so an interrupted run can be resumed.
+eval_runs = Table(
+    "eval_runs",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("suite", String(256), nullable=False),
+    Column("suite_hash", String(64), nullable=False),
+    Column("suite_path", Text),
+    Column("status", String(16), nullable=False),  # running | finished
+    Column("config", JsonType, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Index("ix_eval_runs_suite_hash", "suite_hash", "created_at"),
+)
+
+eval_results = Table(
+    "eval_results",
+    metadata,
+    Column(
+        "run_id",
+        String(40),
+        ForeignKey("eval_runs.id", ondelete="CASCADE", name="fk_eval_results_run"),
+        primary_key=True,
+    ),
+    Column("case_idx", Integer, primary_key=True),
+    Column("target", String(256), primary_key=True),
+    Column("rep", Integer, primary_key=True),
+    Column("case_key", String(64), nullable=False),
+    Column("vars", JsonType, nullable=False),
+    Column("expected", JsonType),
+    Column("status", String(16), nullable=False),  # pass | fail | error
+    Column("score", Float, nullable=False),
+    Column("output", Text),
+    Column("error", Text),
+    Column("latency_ms", Float, nullable=False),
+    Column("cost_usd", Float, nullable=False),
+    Column("trace_id", String(40)),
+    Column("assertions", JsonType, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
