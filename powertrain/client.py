@@ -7,9 +7,10 @@ import atexit
 from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from powertrain.config import Config, load_config
+from powertrain.feedback import FeedbackRecord, FeedbackService, feedback_request
 from powertrain.gateway import CallContext, Gateway
 from powertrain.schemas import ChatCompletionRequest, Usage
 from powertrain.schemas.trace import Trace
@@ -149,6 +150,35 @@ class AsyncClient:
         await self.gateway.traces.flush()
         return await asyncio.to_thread(self.gateway.trace_store.get, trace_id)
 
+    async def feedback(
+        self,
+        trace_id: str,
+        *,
+        thumb: Literal["up", "down"] | None = None,
+        score: float | None = None,
+        scale: float | None = None,
+        label: str | None = None,
+        comment: str | None = None,
+        correction: Any = None,
+        source: Literal["human", "program"] = "program",
+        author: str | None = None,
+    ) -> FeedbackRecord:
+        """Record feedback on a trace (a call made here, or any in the store)."""
+        body = feedback_request(
+            trace_id,
+            thumb=thumb,
+            score=score,
+            scale=scale,
+            label=label,
+            comment=comment,
+            correction=correction,
+            source=source,
+            author=author,
+        )
+        await self.gateway.traces.flush()
+        service = FeedbackService(self.gateway.database)
+        return await asyncio.to_thread(service.give, body, scope=None)
+
 
 class Client:
     """The synchronous face of ``AsyncClient``, for scripts and notebooks."""
@@ -231,6 +261,34 @@ class Client:
 
     def trace(self, trace_id: str) -> Trace | None:
         return self._run(self._async.trace(trace_id))  # type: ignore[no-any-return]
+
+    def feedback(
+        self,
+        trace_id: str,
+        *,
+        thumb: Literal["up", "down"] | None = None,
+        score: float | None = None,
+        scale: float | None = None,
+        label: str | None = None,
+        comment: str | None = None,
+        correction: Any = None,
+        source: Literal["human", "program"] = "program",
+        author: str | None = None,
+    ) -> FeedbackRecord:
+        """Record feedback on a trace; see ``AsyncClient.feedback``."""
+        return self._run(  # type: ignore[no-any-return]
+            self._async.feedback(
+                trace_id,
+                thumb=thumb,
+                score=score,
+                scale=scale,
+                label=label,
+                comment=comment,
+                correction=correction,
+                source=source,
+                author=author,
+            )
+        )
 
     def close(self) -> None:
         """Write every pending trace and release the models."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from powertrain import __version__
+from powertrain.cli import dataset, feedback, generate, keys, logs, models, rag, serve, task
 from powertrain.cli import eval as eval_cli
-from powertrain.cli import generate, keys, logs, models, rag, serve, task
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,6 +32,8 @@ for command in (
     rag.search,
     rag.ask,
     keys.keys,
+    feedback.feedback,
+    dataset.dataset,
     eval_cli.eval_group,
 ):
     main.add_command(command)

@@ -26,7 +26,15 @@ from powertrain.errors import (
 from powertrain.gateway import Gateway
 from powertrain.schemas import ChatCompletionRequest
 from powertrain.schemas.embeddings import EmbeddingRequest
-from powertrain.server import api, collections_api, docs_assets, keys_api, tasks_api
+from powertrain.server import (
+    api,
+    collections_api,
+    datasets_api,
+    docs_assets,
+    feedback_api,
+    keys_api,
+    tasks_api,
+)
 from powertrain.server.asgi import Message, Receive, Scope, Send, send_error
 from powertrain.server.auth import Access, Authenticator, route_access
 from powertrain.server.openai_routes import TRACE_HEADER, OpenAIRoutes
@@ -204,6 +212,8 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
     api_app.include_router(tasks_api.v1_router)
     api_app.include_router(collections_api.router)
     api_app.include_router(keys_api.router)
+    api_app.include_router(feedback_api.router)
+    api_app.include_router(datasets_api.router)
     api_app.include_router(docs_assets.router)
     hot = OpenAIRoutes(gateway, authenticator)
     return PowertrainApp(gateway, api_app, hot)

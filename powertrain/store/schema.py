@@ -231,3 +231,79 @@ eval_results = Table(
     Column("assertions", JsonType, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
+
+# Feedback on traces; many rows per trace, removed with it.
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column(
+        "trace_id",
+        String(40),
+        ForeignKey("traces.id", ondelete="CASCADE", name="fk_feedback_trace"),
+        nullable=False,
+    ),
+    Column("api_key_id", String(64)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("author", String(128)),
+    Column("thumb", String(8)),
+    Column("score", Float),
+    Column("scale", Float),
+    Column("label", String(128)),
+    Column("comment", Text),
+    Column("correction", OrderedJson),
+    Index("ix_feedback_trace_id_created_at", "trace_id", "created_at"),
+)
+
+# Datasets: owned like collections ("" = the admin key); versions are immutable.
+datasets = Table(
+    "datasets",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("owner", String(64), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("owner", "name", name="uq_datasets_owner_name"),
+)
+
+dataset_versions = Table(
+    "dataset_versions",
+    metadata,
+    Column(
+        "dataset_id",
+        String(40),
+        ForeignKey("datasets.id", ondelete="CASCADE", name="fk_dataset_versions_dataset"),
+        primary_key=True,
+    ),
+    Column("version", Integer, primary_key=True),
+    Column("content_hash", String(64), nullable=False),
+    Column("row_count", Integer, nullable=False),
+    Column("test_count", Integer, nullable=False),
+    Column("test_fraction", Float, nullable=False),
+    Column("seed", Integer, nullable=False),
+    Column("origin", JsonType, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("dataset_id", "content_hash", name="uq_dataset_versions_dataset_content_hash"),
+)
+
+dataset_rows = Table(
+    "dataset_rows",
+    metadata,
+    Column("dataset_id", String(40), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("idx", Integer, primary_key=True),
+    Column("input", OrderedJson, nullable=False),
+    Column("output", OrderedJson),
+    Column("labels", JsonType, nullable=False),
+    Column("source", JsonType, nullable=False),
+    Column("row_hash", String(64), nullable=False),
+    Column("split", String(8), nullable=False),
+    ForeignKeyConstraint(
+        ["dataset_id", "version"],
+        ["dataset_versions.dataset_id", "dataset_versions.version"],
+        ondelete="CASCADE",
+        name="fk_dataset_rows_version",
+    ),
+)
