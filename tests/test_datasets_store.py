@@ -166,3 +166,39 @@ def test_rows_from_traces_follow_filters_and_feedback(db: Database) -> None:
     assert corrected[0].source == {"trace_id": fixed.id, "task": task, "variant": "default"}
     everyone = datasets.rows_from_traces(TraceQuery(task=task, feedback="up"), scope=None)
     assert sorted(str(r.output) for r in everyone) == ["not yours", "old", "refund"]
+
+
+def test_rows_keep_any_text_and_read_back_as_eval_cases(db: Database) -> None:
+    datasets, who = Datasets(db), owner()
+    hostile = "<script>x</script> {{ 7*7 }} {% if %} nul:\x00 end"
+    made = datasets.create(
+        who,
+        "odd",
+        [
+            row_from_object(
+                {
+                    "input": {"t": hostile},
+                    "output": {"z": 1, "a": hostile},
+                    "labels": {"l": hostile},
+                },
+                "row 0",
+            ),
+            row_from_object({"messages": [{"role": "user", "content": "hi"}]}, "row 1"),
+        ],
+        test_fraction=0,
+    )
+    kept = hostile.replace("\x00", "\ufffd")  # the one character Postgres cannot keep
+    version, cases = datasets.eval_cases(who, "odd@1")
+    assert version.version == made.version.version == 1
+    assert cases[0] == {
+        "vars": {"t": kept},
+        "expected": {"z": 1, "a": kept},
+        "labels": {"l": kept},
+    }
+    assert list(cases[0]["expected"]) == ["z", "a"]  # key order kept
+    assert cases[1] == {
+        "vars": {},
+        "expected": None,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    assert datasets.eval_cases(who, "odd", split="test")[1] == []

@@ -45,15 +45,29 @@ class DatasetRow(BaseModel):
 
     def stored(self, *, test_fraction: float, seed: int) -> dict[str, Any]:
         """The row as the store keeps it, with its hash and split."""
-        row_hash = self.content_hash()
-        return {
-            "input": self.input.as_dict(),
-            "output": self.output,
-            "labels": self.labels,
-            "source": self.source,
-            "row_hash": row_hash,
-            "split": split_of(row_hash, seed=seed, test_fraction=test_fraction),
-        }
+        values = without_nul(
+            {
+                "input": self.input.as_dict(),
+                "output": self.output,
+                "labels": self.labels,
+                "source": self.source,
+            }
+        )
+        row_hash = _sha256({"input": values["input"], "output": values["output"]})
+        values["row_hash"] = row_hash
+        values["split"] = split_of(row_hash, seed=seed, test_fraction=test_fraction)
+        return values  # type: ignore[no-any-return]
+
+
+def without_nul(value: Any) -> Any:
+    """Postgres cannot keep NUL in text or JSONB; it is U+FFFD on every backend alike."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {without_nul(k): without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_nul(v) for v in value]
+    return value
 
 
 def _sha256(value: Any) -> str:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from powertrain.datasets.export import ExportFormat, TaskPrompts, export_lines
+from powertrain.datasets.export import ExportFormat, TaskPrompts, eval_record, export_lines
 from powertrain.datasets.from_traces import TraceQuery, TraceRows, check_query
 from powertrain.datasets.rows import DatasetRow, version_hash
 from powertrain.errors import InvalidRequest, NotFound
@@ -197,6 +197,20 @@ class Datasets:
         found, rows = self.iter_rows(owner, name, version, split=split)
         lines = export_lines(rows, fmt, TaskPrompts(self.registry), task=task, skipped=skipped)
         return found, lines
+
+    def eval_cases(
+        self,
+        owner: str,
+        ref: str,
+        *,
+        split: str | None = None,
+        limit: int | None = None,
+    ) -> tuple[DatasetVersionRecord, list[dict[str, Any]]]:
+        """``NAME[@VERSION]`` as eval cases: ``{"vars", "expected"}`` (``messages``, ``labels``
+        when the row has them), in row order."""
+        name, number = parse_ref(ref)
+        found, rows = self.rows(owner, name, number, split=split, limit=limit)
+        return found, [eval_record(r) for r in rows]
 
     def list_datasets(self, owner: str) -> list[tuple[DatasetRecord, DatasetVersionRecord | None]]:
         return self.store.list_datasets(owner)
