@@ -202,3 +202,28 @@ def test_rows_keep_any_text_and_read_back_as_eval_cases(db: Database) -> None:
         "messages": [{"role": "user", "content": "hi"}],
     }
     assert datasets.eval_cases(who, "odd", split="test")[1] == []
+
+
+def test_concurrent_writers_never_share_a_version_number(database_url: str) -> None:
+    """Writers on separate connections (as gateway workers are): every distinct content gets
+    its own number, and the same content the same one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    who = owner()
+    databases = [Database(database_url) for _ in range(4)]
+    try:
+
+        def make(n: int) -> int:
+            datasets = Datasets(databases[n % 4])
+            return datasets.create(who, "race", rows(3 + n % 6)).version.version
+
+        with ThreadPoolExecutor(8) as pool:
+            numbers = list(pool.map(make, range(24)))
+        by_size: dict[int, set[int]] = {}
+        for n, number in enumerate(numbers):
+            by_size.setdefault(3 + n % 6, set()).add(number)
+        assert all(len(v) == 1 for v in by_size.values())  # same content, same number
+        assert sorted(n for v in by_size.values() for n in v) == [1, 2, 3, 4, 5, 6]
+    finally:
+        for database in databases:
+            database.dispose()
