@@ -35,6 +35,7 @@ user = "Review: {{{{ review }}}}"
 variables = {{ review = "string" }}
 model = "gpt"
 repairs = 0
+params = {{ temperature = 0 }}
 [tasks.sentiment.output]
 schema = '{json.dumps(SCHEMA)}'
 [tasks.sentiment.variants.plain]
@@ -187,8 +188,9 @@ async def test_resume_after_interruption_runs_no_case_twice(tmp_path: Path) -> N
             assert run.status == "running"
             first = {r.key: r.trace_id for r in store.results(run.id)}
             assert 7 <= len(first) < 20
-            requests_before = len(upstream.requests)
+            await asyncio.sleep(0.2)  # a request sent as the run was cancelled lands first
             await upstream.wait_idle()
+            requests_before = len(upstream.requests)
 
             resumed = await runner.run(loaded)  # the unfinished run of the same suite
             assert resumed.id == run.id and resumed.status == "finished"
@@ -331,3 +333,41 @@ async def test_runner_off_the_cli_refuses_python_checks(tmp_path: Path) -> None:
             with pytest.raises(SuiteError, match="only allowed from the `powertrain eval`"):
                 await runner.run(loaded)
         assert not upstream.requests
+
+
+@pytest.mark.parametrize(("cache", "calls"), [(False, 4), (True, 2)])
+async def test_repeats_call_the_model_unless_the_suite_uses_the_cache(
+    tmp_path: Path, cache: bool, calls: int
+) -> None:
+    text = suite_yaml(f"repeat: 2\ncache: {str(cache).lower()}\nconcurrency: 1", cases=CASES[:1])
+    text = text.replace("concurrency: 2\n", "", 1)
+    async with FakeOpenAI(reply=reply_for) as upstream:
+        loaded = load_suite(write_suite(tmp_path, text))
+        async with AsyncClient(make_config(tmp_path, upstream)) as client:
+            store = EvalStore(client.gateway.database)
+            run = await EvalRunner(client.gateway, store).run(loaded)
+            assert len(store.results(run.id)) == 4
+        assert len(upstream.requests) == calls
+
+
+async def test_a_stored_dataset_version_as_the_cases(tmp_path: Path) -> None:
+    rows = [{"input": {"variables": {"review": t}}, "output": label} for t, label in CASES[:3]]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = suite_yaml(cases=CASES[:1]).replace(
+        "dataset:\n  cases:\n", "dataset: reviews@1\nunused:\n  cases:\n"
+    )
+    text = text[: text.index("unused:")] + text[text.index("targets:") :]
+    suite = write_suite(tmp_path, text)
+    async with FakeOpenAI(reply=reply_for) as upstream:
+        make_config(tmp_path, upstream)
+        made = await asyncio.to_thread(
+            run_cli, ["dataset", "create", "reviews", "--from-file", "rows.jsonl"]
+        )
+        assert made.exit_code == 0, made.output
+        result = await asyncio.to_thread(run_cli, ["eval", "run", str(suite), "--json"])
+        assert result.exit_code == 0, result.output
+        body = json.loads(result.output)
+        assert body["results"] == 6 and body["pass_rate"] == 1.0
+        missing = write_suite(tmp_path, text.replace("reviews@1", "reviews@9"), "m.yaml")
+        gone = await asyncio.to_thread(run_cli, ["eval", "run", str(missing)])
+        assert gone.exit_code == 2 and "dataset:" in gone.output

@@ -101,7 +101,7 @@ def test_symlink_out_of_the_directory_is_refused(tmp_path: Path) -> None:
         ("- just a list\n", "expected a mapping"),
         (BASE + "dataset: {cases: []}\n", "has no cases"),
         (BASE + "dataset: {file: missing.jsonl}\n", "cannot read 'missing.jsonl'"),
-        (BASE + "dataset: intents@2\n", "stored datasets"),
+        (BASE + "dataset: intents@2\n", "a stored dataset ('intents@2') needs the store"),
     ],
 )
 def test_config_errors_are_one_line_naming_the_path(tmp_path: Path, text: str, words: str) -> None:

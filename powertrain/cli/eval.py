@@ -27,6 +27,7 @@ from powertrain.cli._common import (
     with_client,
 )
 from powertrain.client import AsyncClient
+from powertrain.datasets import Datasets
 from powertrain.errors import ConfigError
 from powertrain.evals import (
     EvalRunner,
@@ -143,12 +144,13 @@ def run_cmd(
     if fail_under is not None and not 0 <= fail_under <= 1:
         _config_error("--fail-under is a pass rate from 0 to 1")
     try:
-        loaded = load_suite(suite_path)
         config = load(config_path)
     except ConfigError as exc:
         _config_error(exc.message)
 
     async def work(client: AsyncClient) -> Any:
+        datasets = Datasets(client.gateway.database, client.gateway.tasks.registry)
+        loaded = await asyncio.to_thread(load_suite, suite_path, stored=datasets)
         store = EvalStore(client.gateway.database)
         runner = EvalRunner(client.gateway, store, allow_python=True)  # the CLI only
         run = await runner.open_run(loaded, resume=resume, auto_resume=not fresh)

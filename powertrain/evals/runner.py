@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from powertrain.cache.policy import REQUEST_HEADER
 from powertrain.calls import CallContext
 from powertrain.errors import PowertrainError
 from powertrain.evals.assertions import (
@@ -181,10 +182,12 @@ class EvalRunner:
         targets = expand_targets(loaded)
         run = run or await self.open_run(loaded)
         done = {r.key for r in await asyncio.to_thread(self.store.results, run.id)}
+        # Target by target: consecutive calls share their prompt's prefix (a local engine
+        # reuses it), where interleaving targets would re-evaluate it on every call.
         jobs = [
             (case, target, rep)
-            for case in loaded.cases
             for target in targets
+            for case in loaded.cases
             for rep in range(loaded.suite.repeat)
             if (case.idx, target.id, rep) not in done
         ]
@@ -224,7 +227,7 @@ class EvalRunner:
         trace_id: str | None = None
         try:
             async with asyncio.timeout(loaded.suite.timeout):
-                outcome = await self._call(target, case, f"eval:{run_id}")
+                outcome = await self._call(target, case, self._context(run_id, loaded))
                 outcome.latency_ms = (time.perf_counter() - started) * 1000
                 trace_id = outcome.trace_id
                 verdicts = [
@@ -261,9 +264,15 @@ class EvalRunner:
             assertions=[v.as_dict() for v in verdicts],
         )
 
-    async def _call(self, target: Target, case: Case, source: str) -> Outcome:
+    @staticmethod
+    def _context(run_id: str, loaded: LoadedSuite) -> CallContext:
+        # An eval measures the model: by default no case is answered from the cache
+        # (repeats and duplicate cases call the model too).
+        headers = {} if loaded.suite.cache else {REQUEST_HEADER: "bypass"}
+        return CallContext(source=f"eval:{run_id}", headers=headers)
+
+    async def _call(self, target: Target, case: Case, ctx: CallContext) -> Outcome:
         spec = target.spec
-        ctx = CallContext(source=source)
         if spec.task is not None:
             result = await self.gateway.tasks.run(
                 spec.task, case.vars, ctx, variant=target.variant, version=spec.version

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from powertrain.errors import ConfigError, PowertrainError
 from powertrain.rag.loaders import safe_relative_path
+from powertrain.store.collections import ADMIN_OWNER
 
 MAX_CASES = 100_000
 
@@ -54,6 +55,14 @@ class CaseSource(Protocol):
     def describe(self) -> str: ...
 
 
+class StoredCases(Protocol):
+    """The datasets subsystem as the suite loader sees it (``powertrain.datasets.Datasets``)."""
+
+    def eval_cases(
+        self, owner: str, ref: str, *, split: str | None = None, limit: int | None = None
+    ) -> tuple[Any, list[dict[str, Any]]]: ...
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -72,6 +81,7 @@ class DatasetSpec(_Model):
     vars: list[str] | None = None  # the fields that become variables (default: the others)
     limit: int | None = Field(default=None, ge=1)
     name: str | None = None  # a stored dataset: NAME or NAME@version
+    split: str | None = None  # of a stored dataset: train, test or all (default)
 
     @model_validator(mode="before")
     @classmethod
@@ -152,6 +162,7 @@ class Suite(_Model):
     concurrency: int = Field(default=4, ge=1, le=256)
     timeout: float = Field(default=120.0, gt=0)
     repeat: int = Field(default=1, ge=1, le=100)
+    cache: bool = False  # answer from the response cache (off: every case calls the model)
 
     def target_ids(self) -> list[str]:
         return [tid for target in self.targets for tid in target.ids()]
@@ -198,19 +209,27 @@ def parse_suite(data: Any, *, where: str = "suite") -> Suite:
         raise SuiteError(f"{where}: {_loc(first['loc'])}: {message}") from None
 
 
-def load_suite(path: str | Path) -> LoadedSuite:
-    """Read and check a suite file and its cases."""
+def load_suite(path: str | Path, *, stored: StoredCases | None = None) -> LoadedSuite:
+    """Read and check a suite file and its cases (``stored`` reads ``dataset: NAME@v``;
+    blocking, so call it from a thread in async code when it is given)."""
     path = Path(path)
     where = str(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SuiteError(f"{where}: cannot read the suite: {exc.strerror or exc}") from None
-    return load_suite_text(text, base_dir=path.resolve().parent, where=where, path=path)
+    return load_suite_text(
+        text, base_dir=path.resolve().parent, where=where, path=path, stored=stored
+    )
 
 
 def load_suite_text(
-    text: str, *, base_dir: Path, where: str = "suite", path: Path | None = None
+    text: str,
+    *,
+    base_dir: Path,
+    where: str = "suite",
+    path: Path | None = None,
+    stored: StoredCases | None = None,
 ) -> LoadedSuite:
     try:
         data = yaml.safe_load(text)
@@ -220,7 +239,7 @@ def load_suite_text(
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise SuiteError(f"{where}: YAML syntax error{at}: {problem}") from None
     suite = parse_suite(data, where=where)
-    source = case_source(suite.dataset, base_dir=base_dir, where=where)
+    source = case_source(suite.dataset, base_dir=base_dir, where=where, stored=stored)
     cases = source.cases()
     if not cases:
         raise SuiteError(f"{where}: dataset: {source.describe()} has no cases")
@@ -299,7 +318,9 @@ class FileCases:
         return out
 
 
-def case_source(spec: DatasetSpec, *, base_dir: Path, where: str) -> CaseSource:
+def case_source(
+    spec: DatasetSpec, *, base_dir: Path, where: str, stored: StoredCases | None = None
+) -> CaseSource:
     if spec.cases is not None:
         return InlineCases(spec.cases[: spec.limit] if spec.limit else spec.cases)
     if spec.file is not None:
@@ -315,13 +336,34 @@ def case_source(spec: DatasetSpec, *, base_dir: Path, where: str) -> CaseSource:
             raise SuiteError(f"{where}: dataset.file: {spec.file!r} leaves the suite's directory")
         return FileCases(full, spec.expected, spec.vars, spec.limit, where)
     assert spec.name is not None
-    return stored_dataset(spec.name, limit=spec.limit, where=where)
+    if stored is None:
+        raise SuiteError(
+            f"{where}: dataset: a stored dataset ({spec.name!r}) needs the store; run the "
+            "suite with `powertrain eval run`"
+        )
+    return StoredDatasetCases(stored, spec.name, spec.split, spec.limit, where)
 
 
-def stored_dataset(name: str, *, limit: int | None, where: str) -> CaseSource:
-    """A stored dataset (``NAME`` or ``NAME@version``). The datasets subsystem is not part
-    of this build yet; this is the one place that will read it."""
-    raise SuiteError(
-        f"{where}: dataset: stored datasets ({name!r}) are not available in this version; "
-        "use inline cases or a cases.jsonl/.csv file"
-    )
+@dataclass(frozen=True)
+class StoredDatasetCases:
+    """``dataset: NAME[@version]``: a stored dataset's rows (the admin key's datasets)."""
+
+    stored: StoredCases
+    ref: str
+    split: str | None
+    limit: int | None
+    where: str
+
+    def describe(self) -> str:
+        return f"dataset {self.ref!r}"
+
+    def cases(self) -> list[Case]:
+        try:
+            _, records = self.stored.eval_cases(
+                ADMIN_OWNER, self.ref, split=self.split, limit=self.limit
+            )
+        except PowertrainError as exc:
+            raise SuiteError(f"{self.where}: dataset: {exc.message}") from None
+        return [
+            Case(i, dict(r.get("vars") or {}), r.get("expected")) for i, r in enumerate(records)
+        ]
