@@ -1,0 +1,1 @@
+"""Eval runner overhead per case against promptfoo."""

@@ -1,0 +1,3 @@
+from bench.evals.run import main
+
+main()
