@@ -264,6 +264,11 @@ async def _cli_flow(tmp_path: Path) -> None:
         assert "regression" in both and "<svg" in both and "<script>" not in both
         missing = await asyncio.to_thread(run_cli, ["eval", "show", "ev_nope"])
         assert missing.exit_code == 1 and "no eval run" in missing.output
+        unknown = await asyncio.to_thread(gate, "--resume", "ev_nope")
+        assert unknown.exit_code == 2 and "no eval run 'ev_nope'" in unknown.output
+        other = write_suite(tmp_path, suite_yaml(cases=CASES[:2]), "other.yaml")
+        mismatch = await asyncio.to_thread(run_cli, ["eval", "run", str(other), "--resume", run_a])
+        assert mismatch.exit_code == 2 and "different suite" in mismatch.output
 
 
 async def test_cli_gate_compare_and_report(tmp_path: Path) -> None:
