@@ -110,3 +110,14 @@ def test_config_errors_are_one_line_naming_the_path(tmp_path: Path, text: str, w
     message = str(info.value)
     assert message.startswith("suite.yaml: ") and "\n" not in message
     assert words in message, message
+
+
+def test_content_hash_follows_the_suite_as_written_and_its_cases(tmp_path: Path) -> None:
+    cases = "dataset:\n  cases:\n    - vars: {text: hi}\n      expected: greeting\n"
+    first = load_suite(write(tmp_path, BASE + cases)).content_hash
+    reordered = cases + "# a comment\n" + BASE  # same content, other key order
+    assert load_suite(write(tmp_path, reordered)).content_hash == first
+    other_case = cases.replace("hi", "hello")
+    assert load_suite(write(tmp_path, BASE + other_case)).content_hash != first
+    stricter = BASE + cases + "threshold: 0.5\n"
+    assert load_suite(write(tmp_path, stricter)).content_hash != first

@@ -174,16 +174,18 @@ class LoadedSuite:
     cases: list[Case]
     base_dir: Path  # files named by the suite (cases, python checks) are relative to it
     path: Path | None = None
+    raw: dict[str, Any] | None = None  # the suite as written (its hash survives new defaults)
 
     @property
     def content_hash(self) -> str:
-        """Same suite, same cases: same hash (the automatic resume looks runs up by it)."""
+        """Same suite, same cases: same hash (the automatic resume looks runs up by it).
+        Made from the suite as written, not as parsed, so a new setting with a default
+        in a later version does not orphan an unfinished run."""
+        written = self.raw if self.raw is not None else self.suite.model_dump(mode="json")
         blob = orjson.dumps(
-            {
-                "suite": self.suite.model_dump(mode="json", by_alias=True),
-                "cases": [c.key for c in self.cases],
-            },
-            option=orjson.OPT_SORT_KEYS,
+            {"suite": written, "cases": [c.key for c in self.cases]},
+            option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS,
+            default=str,
         )
         return hashlib.sha256(blob).hexdigest()
 
@@ -243,7 +245,7 @@ def load_suite_text(
     cases = source.cases()
     if not cases:
         raise SuiteError(f"{where}: dataset: {source.describe()} has no cases")
-    return LoadedSuite(suite=suite, cases=cases, base_dir=base_dir, path=path)
+    return LoadedSuite(suite=suite, cases=cases, base_dir=base_dir, path=path, raw=data)
 
 
 # -- case sources -------------------------------------------------------------------------
