@@ -15,6 +15,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from powertrain.engines.base import Engine
+    from powertrain.evals.assertions import AssertionType
     from powertrain.guard.base import Guardrail
 
 hookspec = pluggy.HookspecMarker("powertrain")
@@ -26,6 +27,7 @@ DEFAULT_PLUGINS = (
     "powertrain.engines.anthropic",
     "powertrain.engines.sentence_transformers",
     "powertrain.guard.builtin",
+    "powertrain.evals.assertions",
 )
 
 
@@ -38,6 +40,11 @@ class Specs:
     def register_guardrails(self, register: Callable[[type[Guardrail]], None]) -> None:
         """Call ``register(GuardrailClass)`` once for each guardrail type this plugin provides
         (its ``type_name`` is what ``type = "..."`` names in ``[guardrails.<name>]``)."""
+
+    @hookspec
+    def register_assertions(self, register: Callable[[AssertionType], None]) -> None:
+        """Call ``register(AssertionType(name, check, validate))`` once for each eval
+        assertion type this plugin provides (``type: name`` in a suite's ``assert`` list)."""
 
 
 def make_plugin_manager(load_entry_points: bool = True) -> pluggy.PluginManager:

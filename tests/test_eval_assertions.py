@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from powertrain.evals import Outcome, SuiteError, bind_assertions, score_case
-from powertrain.evals.assertions import CheckInput, Verdict
+from powertrain.evals.assertions import AssertionType, CheckInput, Verdict, assertion_types
 from powertrain.evals.jsonpath import MISSING, JsonPathError, compile_path, resolve
 from powertrain.evals.judge import JudgeUnparseable, parse_verdict
 from powertrain.evals.suite import AssertionSpec, Case
+from powertrain.plugins import hookimpl, plugin_manager
 
 
 class FakeServices:
@@ -227,3 +229,26 @@ async def test_python_checks_run_only_when_allowed(tmp_path: Path) -> None:
     for ref in ("../checks.py:short", "/etc/passwd:x", "checks.py:nope", "checks.txt:short"):
         with pytest.raises(SuiteError):
             await check({"python": ref}, "hi", tmp_path=tmp_path, allow_python=True)
+
+
+class AlwaysPlugin:
+    @hookimpl
+    def register_assertions(self, register: Callable[[AssertionType], None]) -> None:
+        async def always(inp: CheckInput) -> Verdict:
+            return Verdict("always", "pass", 1.0, inp.spec.weight, "plugin")
+
+        register(AssertionType("always", always))
+
+
+async def test_a_plugin_adds_an_assertion_type() -> None:
+    pm = plugin_manager()
+    plugin = AlwaysPlugin()
+    pm.register(plugin, name="always-test-plugin")
+    try:
+        assert {"always", "equals", "llm-judge"} <= set(assertion_types())
+        verdict = await check({"type": "always"}, "anything")
+        assert verdict.status == "pass" and verdict.detail == "plugin"
+    finally:
+        pm.unregister(plugin)
+    with pytest.raises(SuiteError, match="unknown assertion type 'always'"):
+        await check({"type": "always"}, "anything")

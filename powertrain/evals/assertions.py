@@ -23,10 +23,11 @@ from typing import Any, Protocol
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from powertrain.errors import PowertrainError
+from powertrain.errors import ConfigError, PowertrainError
 from powertrain.evals.jsonpath import MISSING, JsonPathError, compile_path, resolve
 from powertrain.evals.judge import JUDGE_SYSTEM, JudgeUnparseable, judge_prompt, parse_verdict
 from powertrain.evals.suite import AssertionSpec, Case, SuiteError
+from powertrain.plugins import hookimpl, plugin_manager
 from powertrain.rag.loaders import safe_relative_path
 
 _CITATION = re.compile(r"\[(\d{1,3})\]")
@@ -109,17 +110,39 @@ class AssertionType:
     validate: Validator | None = None
 
 
+# The built-in types; they reach suites through the plugin hook like a plugin's do.
 ASSERTIONS: dict[str, AssertionType] = {}
 
 
 def register_assertion(
     name: str, *, validate: Validator | None = None
 ) -> Callable[[CheckFn], CheckFn]:
+    """Decorate a built-in check (plugins register theirs through ``register_assertions``)."""
+
     def add(fn: CheckFn) -> CheckFn:
         ASSERTIONS[name] = AssertionType(name, fn, validate)
         return fn
 
     return add
+
+
+@hookimpl
+def register_assertions(register: Callable[[AssertionType], None]) -> None:
+    for kind in ASSERTIONS.values():
+        register(kind)
+
+
+def assertion_types() -> dict[str, AssertionType]:
+    """Every registered assertion type by name, built-ins and plugins alike."""
+    found: dict[str, AssertionType] = {}
+
+    def register(kind: AssertionType) -> None:
+        if kind.name == "python" or (kind.name in found and found[kind.name] != kind):
+            raise ConfigError(f"two plugins register an assertion type named {kind.name!r}")
+        found[kind.name] = kind
+
+    plugin_manager().hook.register_assertions(register=register)
+    return found
 
 
 def _verdict(inp: CheckInput, ok: bool, detail: str = "", score: float | None = None) -> Verdict:
@@ -456,6 +479,7 @@ def bind_assertions(
 ) -> list[BoundAssertion]:
     """Check every assertion's parameters (and load Python checks) before a case runs."""
     bound = []
+    kinds: dict[str, AssertionType] | None = None
     for i, spec in enumerate(specs):
         at = f"{where}: assert[{i}]"
         if spec.type == "python":
@@ -466,9 +490,10 @@ def bind_assertions(
             )
             bound.append(BoundAssertion(spec, _python_check(fn)))
             continue
-        kind = ASSERTIONS.get(spec.type)
+        kinds = kinds if kinds is not None else assertion_types()
+        kind = kinds.get(spec.type)
         if kind is None:
-            known = ", ".join(sorted([*ASSERTIONS, "python"]))
+            known = ", ".join(sorted([*kinds, "python"]))
             raise SuiteError(f"{at}: unknown assertion type {spec.type!r} (known: {known})")
         if kind.validate is not None:
             kind.validate(spec, at)
