@@ -86,9 +86,10 @@ def reply_for(request: RecordedRequest) -> str:
     return "plain answer about " + text
 
 
-def make_config(tmp_path: Path, upstream: FakeOpenAI) -> Config:
+def make_config(tmp_path: Path, upstream: FakeOpenAI, database_url: str | None = None) -> Config:
     model = openai_model_toml("gpt", upstream.url, extra="price_input = 1.0\nprice_output = 2.0")
-    return config_from(tmp_path, TASK + "\n" + model)
+    settings = f'[settings]\ndatabase_url = "{database_url}"\n' if database_url else ""
+    return config_from(tmp_path, settings + TASK + "\n" + model)
 
 
 def write_suite(tmp_path: Path, text: str, name: str = "suite.yaml") -> Path:
@@ -97,10 +98,13 @@ def write_suite(tmp_path: Path, text: str, name: str = "suite.yaml") -> Path:
     return path
 
 
-async def test_run_stores_every_case_and_traces_every_call(tmp_path: Path) -> None:
+async def test_run_stores_every_case_and_traces_every_call(
+    tmp_path: Path, database_url: str
+) -> None:
+    """On SQLite and on Postgres (the store's per-dialect writes)."""
     async with FakeOpenAI(reply=reply_for) as upstream:
         loaded = load_suite(write_suite(tmp_path, suite_yaml()))
-        async with AsyncClient(make_config(tmp_path, upstream)) as client:
+        async with AsyncClient(make_config(tmp_path, upstream, database_url)) as client:
             store = EvalStore(client.gateway.database)
             run = await EvalRunner(client.gateway, store).run(loaded)
             results = store.results(run.id)
