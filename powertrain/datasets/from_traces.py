@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -23,6 +23,7 @@ from powertrain.store.db import Database
 from powertrain.store.feedback import FeedbackRecord, FeedbackStore
 from powertrain.store.schema import traces
 from powertrain.store.tasks import TaskStore
+from powertrain.store.times import as_utc
 
 _SCORE = re.compile(r"^score\s*>=\s*(-?\d+(?:\.\d+)?)$")
 FEEDBACK_FILTERS = "up, down, corrected, any, or score>=N"
@@ -63,10 +64,6 @@ def trace_query(**values: Any) -> TraceQuery:
         where = ".".join(str(p) for p in first["loc"])
         message = str(first["msg"]).removeprefix("Value error, ")
         raise InvalidRequest(f"{where}: {message}", param=where or None) from None
-
-
-def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _latest(items: list[FeedbackRecord], field: str) -> Any:
@@ -132,16 +129,16 @@ class TraceRows:
         if scope is not None:
             sql = sql.where(traces.c.api_key_id == scope)
         if query.since is not None:
-            sql = sql.where(traces.c.created_at >= _utc(query.since))
+            sql = sql.where(traces.c.created_at >= as_utc(query.since))
         if query.until is not None:
-            sql = sql.where(traces.c.created_at < _utc(query.until))
+            sql = sql.where(traces.c.created_at < as_utc(query.until))
         sql = sql.order_by(traces.c.id).limit(query.limit)
         with self.db.engine.connect() as conn:
             rows = conn.execute(sql).mappings().all()
         out = []
         for row in rows:
             values = dict(row)
-            values["created_at"] = _utc(values["created_at"])
+            values["created_at"] = as_utc(values["created_at"])
             out.append(TRACE_ADAPTER.validate_python(values))
         return out
 
@@ -200,5 +197,5 @@ class TraceRows:
 
 
 def check_query(query: TraceQuery) -> None:
-    if query.since and query.until and _utc(query.since) >= _utc(query.until):
+    if query.since and query.until and as_utc(query.since) >= as_utc(query.until):
         raise InvalidRequest("since must be before until", param="since")

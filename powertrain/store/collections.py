@@ -13,7 +13,7 @@ import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from powertrain.store.db import Database
 from powertrain.store.pgvector import PgVectors
 from powertrain.store.schema import chunks, collections, documents
+from powertrain.store.times import as_utc, utc_now
 
 ADMIN_OWNER = ""  # the admin key, or authentication off
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -103,14 +104,6 @@ class ReplaceOutcome:
     added: list[int]  # new chunk ids, in chunk order
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
-
-
 def _collection(row: Any) -> CollectionRecord:
     return CollectionRecord(
         id=row.id,
@@ -119,8 +112,8 @@ def _collection(row: Any) -> CollectionRecord:
         embedding_model=row.embedding_model,
         dim=row.dim,
         settings=dict(row.settings),
-        created_at=_aware(row.created_at),
-        updated_at=_aware(row.updated_at),
+        created_at=as_utc(row.created_at),
+        updated_at=as_utc(row.updated_at),
     )
 
 
@@ -135,8 +128,8 @@ def _document(row: Any) -> DocumentRecord:
         size=row.size,
         chunk_count=row.chunk_count,
         metadata=dict(row.metadata),
-        created_at=_aware(row.created_at),
-        updated_at=_aware(row.updated_at),
+        created_at=as_utc(row.created_at),
+        updated_at=as_utc(row.updated_at),
     )
 
 
@@ -181,7 +174,7 @@ class CollectionStore:
     def create(
         self, owner: str, name: str, *, embedding_model: str, settings: dict[str, Any]
     ) -> CollectionRecord:
-        now = _now()
+        now = utc_now()
         values = {
             "id": "col_" + secrets.token_hex(8),
             "owner": owner,
@@ -228,7 +221,7 @@ class CollectionStore:
             changed = conn.execute(
                 update(collections)
                 .where(collections.c.id == collection_id, collections.c.dim.is_(None))
-                .values(dim=dim, updated_at=_now())
+                .values(dim=dim, updated_at=utc_now())
             ).rowcount
             if changed and self.pgvector is not None:
                 self.pgvector.ensure_index(conn, collection_id, dim)
@@ -278,7 +271,7 @@ class CollectionStore:
         new_chunks: Sequence[NewChunk],
     ) -> ReplaceOutcome:
         """Insert or replace one document and all its chunks, atomically."""
-        now = _now()
+        now = utc_now()
         with self.db.engine.begin() as conn:
             existing = conn.execute(
                 select(documents.c.id, documents.c.created_at).where(
@@ -405,7 +398,7 @@ class CollectionStore:
                     documents.c.collection_id == collection_id
                 )
             ).scalar_one()
-        stamp = _aware(newest).isoformat() if newest is not None else ""
+        stamp = as_utc(newest).isoformat() if newest is not None else ""
         return VectorFingerprint(int(count), int(max_id), stamp)
 
     def chunk_ids_of(self, document_ids: Sequence[int]) -> list[int]:

@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, select, update
@@ -21,6 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from powertrain.store.db import Database
 from powertrain.store.schema import dataset_rows, dataset_versions, datasets
+from powertrain.store.times import as_utc, utc_now
 
 ADMIN_OWNER = ""  # the admin key, or authentication off
 _INSERT_BATCH = 1000
@@ -174,7 +175,7 @@ class DatasetStore:
 
         Each of ``rows`` has input, output, labels, source, row_hash and split.
         """
-        now = _now()
+        now = utc_now()
         with self._writing() as conn:
             conn.execute(
                 self._insert(datasets)
@@ -252,14 +253,6 @@ class DatasetStore:
             yield conn
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
 def _latest(conn: Connection, dataset_id: str) -> DatasetVersionRecord | None:
     query = (
         select(dataset_versions)
@@ -276,8 +269,8 @@ def _dataset(row: Any) -> DatasetRecord:
         id=row["id"],
         owner=row["owner"],
         name=row["name"],
-        created_at=_utc(row["created_at"]),
-        updated_at=_utc(row["updated_at"]),
+        created_at=as_utc(row["created_at"]),
+        updated_at=as_utc(row["updated_at"]),
     )
 
 
@@ -291,7 +284,7 @@ def _version(row: Any) -> DatasetVersionRecord:
         test_fraction=row["test_fraction"],
         seed=row["seed"],
         origin=dict(row["origin"]),
-        created_at=_utc(row["created_at"]),
+        created_at=as_utc(row["created_at"]),
     )
 
 

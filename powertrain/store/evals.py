@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, select, update
@@ -13,6 +13,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from powertrain.store.db import Database
 from powertrain.store.schema import eval_results, eval_runs
+from powertrain.store.times import utc_now
 
 
 def new_run_id() -> str:
@@ -74,7 +75,7 @@ class EvalStore:
             "suite_path": suite_path,
             "status": "running",
             "config": config,
-            "created_at": datetime.now(UTC),
+            "created_at": utc_now(),
             "finished_at": None,
         }
         with self.db.engine.begin() as conn:
@@ -106,7 +107,7 @@ class EvalStore:
         query = (
             update(eval_runs)
             .where(eval_runs.c.id == run_id)
-            .values(status="finished", finished_at=datetime.now(UTC))
+            .values(status="finished", finished_at=utc_now())
         )
         with self.db.engine.begin() as conn:
             conn.execute(query)
@@ -118,7 +119,7 @@ class EvalStore:
 
     def add_result(self, result: EvalResultRecord) -> bool:
         """Store one result; ``False`` when that (run, case, target, repeat) was stored already."""
-        values = {**result.__dict__, "created_at": datetime.now(UTC)}
+        values = {**result.__dict__, "created_at": utc_now()}
         query = (
             self._insert(eval_results)
             .values(values)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import secrets
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import null, select
 
 from powertrain.store.db import Database
 from powertrain.store.schema import feedback
+from powertrain.store.times import as_utc, utc_now
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class FeedbackStore:
             "id": "fb_" + secrets.token_hex(10),
             "trace_id": trace_id,
             "api_key_id": api_key_id,
-            "created_at": datetime.now(UTC),
+            "created_at": utc_now(),
             **values,
         }
         if row.get("correction") is None:
@@ -74,7 +75,7 @@ class FeedbackStore:
 
 def _record(row: Any) -> FeedbackRecord:
     created = row["created_at"]
-    created = created.replace(tzinfo=UTC) if created.tzinfo is None else created.astimezone(UTC)
+    created = as_utc(created)
     return FeedbackRecord(
         id=row["id"],
         trace_id=row["trace_id"],

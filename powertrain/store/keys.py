@@ -15,13 +15,14 @@ import hashlib
 import math
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import case, null, select, update
 
 from powertrain.store.db import Database
 from powertrain.store.schema import api_keys
+from powertrain.store.times import as_utc, utc_now
 
 SECRET_PREFIX = "pt-"
 _DISPLAY_CHARS = 10  # "pt-" and 7 characters of the secret: enough to tell keys apart
@@ -120,7 +121,7 @@ class KeyStore:
             "budget_nano_usd": None if budget_usd is None else to_nano(budget_usd),
             "spend_nano_usd": 0,
             "reserved_nano_usd": 0,
-            "created_at": _now(),
+            "created_at": utc_now(),
         }
         with self.db.engine.begin() as conn:
             row = conn.execute(api_keys.insert().values(**values).returning(*api_keys.c)).one()
@@ -171,7 +172,7 @@ class KeyStore:
             conn.execute(
                 update(api_keys)
                 .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-                .values(revoked_at=_now())
+                .values(revoked_at=utc_now())
             )
             row = conn.execute(select(api_keys).where(api_keys.c.id == key_id)).mappings().first()
         return _record(row) if row else None
@@ -181,7 +182,9 @@ class KeyStore:
         stale = api_keys.c.last_used_at.is_(None) | (api_keys.c.last_used_at < older_than)
         with self.db.engine.begin() as conn:
             conn.execute(
-                update(api_keys).where(api_keys.c.id == key_id, stale).values(last_used_at=_now())
+                update(api_keys)
+                .where(api_keys.c.id == key_id, stale)
+                .values(last_used_at=utc_now())
             )
 
     # -- budget --------------------------------------------------------------------------
@@ -222,19 +225,8 @@ def _json(value: list[str] | None) -> Any:
     return null() if value is None else value
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _utc(moment: datetime | None) -> datetime | None:
-    """SQLite keeps no zone (we only ever write UTC); Postgres answers in the session's."""
-    if moment is None:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
 def _record(row: Any) -> ApiKeyRecord:
-    created = _utc(row["created_at"])
+    created = as_utc(row["created_at"])
     assert created is not None
     return ApiKeyRecord(
         id=row["id"],
@@ -248,6 +240,6 @@ def _record(row: Any) -> ApiKeyRecord:
         spend_nano=int(row["spend_nano_usd"]),
         reserved_nano=int(row["reserved_nano_usd"]),
         created_at=created,
-        revoked_at=_utc(row["revoked_at"]),
-        last_used_at=_utc(row["last_used_at"]),
+        revoked_at=as_utc(row["revoked_at"]),
+        last_used_at=as_utc(row["last_used_at"]),
     )

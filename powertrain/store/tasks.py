@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Select, delete, func, select, update
@@ -18,6 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from powertrain.store.db import Database
 from powertrain.store.schema import task_labels, task_versions, tasks
+from powertrain.store.times import as_utc, utc_now
 
 LATEST = "latest"
 
@@ -126,7 +127,7 @@ class TaskStore:
         query = (
             update(tasks)
             .where(tasks.c.name == name)
-            .values(definition=definition, updated_at=_now())
+            .values(definition=definition, updated_at=utc_now())
             .returning(*tasks.c)
         )
         with self.db.engine.begin() as conn:
@@ -202,7 +203,7 @@ class TaskStore:
                 conn.execute(
                     update(tasks)
                     .where(tasks.c.name == name)
-                    .values(definition=definition, config_hash=config_hash, updated_at=_now())
+                    .values(definition=definition, config_hash=config_hash, updated_at=utc_now())
                 )
             record, created = _find_or_add_version(conn, name, content, content_hash, "config")
             if changed:
@@ -232,7 +233,7 @@ class TaskStore:
             yield conn
 
     def _point_labels(self, conn: Connection, name: str, labels: list[str], version: int) -> None:
-        now = _now()
+        now = utc_now()
         rows = [
             {"task": name, "label": label, "version": version, "updated_at": now}
             for label in dict.fromkeys(labels)  # once each: one upsert may not hit a row twice
@@ -244,17 +245,6 @@ class TaskStore:
                 set_={"version": query.excluded.version, "updated_at": query.excluded.updated_at},
             )
         )
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _utc(moment: datetime) -> datetime:
-    """SQLite keeps no zone (we only ever write UTC); Postgres answers in the session's."""
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
 
 
 def _task(conn: Connection, name: str) -> TaskRecord | None:
@@ -271,11 +261,11 @@ def _lock_task(conn: Connection, name: str) -> TaskRecord | None:
 
 
 def _touch(conn: Connection, name: str) -> None:
-    conn.execute(update(tasks).where(tasks.c.name == name).values(updated_at=_now()))
+    conn.execute(update(tasks).where(tasks.c.name == name).values(updated_at=utc_now()))
 
 
 def _new_task(name: str, source: str, definition: dict[str, Any]) -> dict[str, Any]:
-    now = _now()
+    now = utc_now()
     return {
         "name": name,
         "source": source,
@@ -315,7 +305,7 @@ def _find_or_add_version(
         content=content,
         content_hash=content_hash,
         source=source,
-        created_at=_now(),
+        created_at=utc_now(),
     )
     conn.execute(task_versions.insert().values(vars(record)))
     _touch(conn, name)
@@ -323,9 +313,9 @@ def _find_or_add_version(
 
 
 def _task_record(row: Any) -> TaskRecord:
-    times = {"created_at": _utc(row["created_at"]), "updated_at": _utc(row["updated_at"])}
+    times = {"created_at": as_utc(row["created_at"]), "updated_at": as_utc(row["updated_at"])}
     return TaskRecord(**{**row, **times})
 
 
 def _version_record(row: Any) -> TaskVersionRecord:
-    return TaskVersionRecord(**{**row, "created_at": _utc(row["created_at"])})
+    return TaskVersionRecord(**{**row, "created_at": as_utc(row["created_at"])})

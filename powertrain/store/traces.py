@@ -13,6 +13,7 @@ from sqlalchemy import Select, delete, func, select
 from powertrain.schemas.trace import TRACE_ADAPTER, Trace
 from powertrain.store.db import Database
 from powertrain.store.schema import traces
+from powertrain.store.times import as_utc
 
 _COLUMNS = [c.name for c in traces.columns]
 
@@ -113,9 +114,9 @@ def _filtered(query: Select[Any], filters: TraceFilter) -> Select[Any]:
         if value is not None:
             query = query.where(traces.c[column] == _without_nul(value))
     if filters.since is not None:
-        query = query.where(traces.c.created_at >= _utc(filters.since))
+        query = query.where(traces.c.created_at >= as_utc(filters.since))
     if filters.until is not None:
-        query = query.where(traces.c.created_at < _utc(filters.until))
+        query = query.where(traces.c.created_at < as_utc(filters.until))
     return query
 
 
@@ -124,13 +125,6 @@ def _sqlite_datetime(moment: datetime) -> str:
     if moment.tzinfo is not None and moment.utcoffset():
         moment = moment.astimezone(UTC)
     return moment.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
-
-
-def _utc(moment: datetime) -> datetime:
-    """Times compare in UTC (SQLite keeps no zone); a naive time is taken as UTC."""
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
 
 
 def _without_nul(value: Any) -> Any:
