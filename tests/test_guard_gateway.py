@@ -181,3 +181,28 @@ def test_a_task_naming_an_unknown_guardrail_is_one_clear_line(tmp_path: Path) ->
     )
     with pytest.raises(ConfigError, match=r"\[tasks.echo\].guardrails: no guardrail named"):
         config_from(tmp_path, text)
+
+
+async def test_a_block_midway_through_a_stream_is_traced_beside_input_redactions(
+    tmp_path: Path,
+) -> None:
+    # The term sits in the middle: the guard finds it while text still streams (from
+    # feed, not finish), after the text before it has gone out.
+    reply = "Here is a long answer. " * 15 + "Try Globex. " + "And more text follows. " * 30
+    async with guarded(tmp_path, reply) as (sdk, _upstream, app):
+        stream = await sdk.chat.completions.with_raw_response.create(
+            model="gpt",
+            messages=[{"role": "user", "content": f"Which vendor? Mail {EMAIL}."}],
+            stream=True,
+        )
+        trace_id = stream.headers["x-powertrain-trace-id"]
+        parts: list[str] = []
+        with pytest.raises(openai.APIError, match="no_competitors"):
+            async for chunk in stream.parse():
+                if chunk.choices:
+                    parts.append(chunk.choices[0].delta.content or "")
+        assert parts and "Globex" not in "".join(parts)  # text went out, the term did not
+        trace = await _trace(app, trace_id)
+        events = trace.metadata["guardrails"]
+        assert any(e["guardrail"] == "pii" and e["stage"] == "input" for e in events)
+        assert any(e["guardrail"] == "no_competitors" and e["blocked"] for e in events)

@@ -73,22 +73,17 @@ class GuardSlot:
                     continue
                 if text:
                     yield chunk.model_copy(update={"delta": text})
-            try:
-                tail, outcome = guard.finish()
-            except GuardrailBlocked as blocked:
-                _record(call, blocked.outcome)
-                raise
-            _record(call, outcome)
-            if last is not None:
-                yield last.model_copy(update={"delta": last.delta + tail})
-            elif tail:
-                yield ChatChunk(delta=tail)
-        except GuardrailBlocked as blocked:
-            if "guardrails" not in call.trace.metadata:
-                _record(call, blocked.outcome)
+            tail, outcome = guard.finish()
+        except GuardrailBlocked as blocked:  # from feed (window mode) or finish
+            _record(call, blocked.outcome)
             raise
         finally:
             await chunks.aclose()  # type: ignore[attr-defined]
+        _record(call, outcome)
+        if last is not None:
+            yield last.model_copy(update={"delta": last.delta + tail})
+        elif tail:
+            yield ChatChunk(delta=tail)
 
 
 class GuardStage:
