@@ -123,16 +123,16 @@ class CacheStage:
         Raises ``InvalidRequest`` for a bypass value it cannot read."""
         assert call.request is not None and call.model is not None
         option = (ctx.raw_request or {}).get("cache")
-        # Most traffic samples (no temperature set) and is never cached: decide that
-        # before paying for the request's canonical form and hash.
-        early = self.policy.decide(
+        # Decided from the request itself, before paying for its canonical form and
+        # hash: most traffic samples (no temperature set) and is never cached.
+        decision = self.policy.decide(
             temperature=call.request.temperature,
             seed=call.request.seed,
             headers=ctx.headers,
             option=option,
         )
-        if not early.read and not early.write:
-            call.cache_status = header_value(None, early)
+        if not decision.read and not decision.write:
+            call.cache_status = header_value(None, decision)
             call.trace.metadata["cache"] = {"status": call.cache_status}
             return None
         fingerprint = self.cache.fingerprint(
@@ -142,7 +142,6 @@ class CacheStage:
             model_config=call.model,
             task=task,
         )
-        decision = self.cache.decide(fingerprint, headers=ctx.headers, option=option)
         hit = await self.cache.lookup(fingerprint, decision, embed=await self.embedder(decision))
         call.cache_status = header_value(hit, decision)
         call.trace.metadata["cache"] = (
