@@ -246,37 +246,38 @@ class Call:
             chunks = self.engine.stream(self.request, deadline=self.deadline)
         if self.guard is not None:
             chunks = self.guard.guard_stream(self, chunks)
-        observing = self._observing_retries()
-        observing.__enter__()
-        try:
-            while True:
-                try:
-                    chunk = await deadline.wait(anext(chunks))
-                except StopAsyncIteration:
-                    break
-                if self.first_token_at is None:
-                    self.first_token_at = time.perf_counter()
-                if chunk.delta:
-                    parts.append(chunk.delta)
-                last = chunk
-                yield chunk
-        except TimeoutError:
-            text = "".join(parts)
-            error = UpstreamTimeout(self._deadline_message())
-            self.finish(
-                output=text, usage=self._usage_of_partial(text), usage_estimated=True, error=error
-            )
-            raise error from None
-        except BaseException as exc:
-            text = "".join(parts)
-            self.finish(
-                output=text, usage=self._usage_of_partial(text), usage_estimated=True, error=exc
-            )
-            raise
-        finally:
-            deadline.close()
-            observing.__exit__(None, None, None)
-            await chunks.aclose()  # type: ignore[attr-defined]
+        with self._observing_retries():
+            try:
+                while True:
+                    try:
+                        chunk = await deadline.wait(anext(chunks))
+                    except StopAsyncIteration:
+                        break
+                    if self.first_token_at is None:
+                        self.first_token_at = time.perf_counter()
+                    if chunk.delta:
+                        parts.append(chunk.delta)
+                    last = chunk
+                    yield chunk
+            except TimeoutError:
+                text = "".join(parts)
+                error = UpstreamTimeout(self._deadline_message())
+                self.finish(
+                    output=text,
+                    usage=self._usage_of_partial(text),
+                    usage_estimated=True,
+                    error=error,
+                )
+                raise error from None
+            except BaseException as exc:
+                text = "".join(parts)
+                self.finish(
+                    output=text, usage=self._usage_of_partial(text), usage_estimated=True, error=exc
+                )
+                raise
+            finally:
+                deadline.close()
+                await chunks.aclose()  # type: ignore[attr-defined]
         text = "".join(parts)
         usage = last.usage or self._usage_of_partial(text)
         finish_reason = last.finish_reason or "stop"
