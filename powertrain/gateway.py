@@ -225,7 +225,8 @@ class Gateway:
             await self.attach(call, self.priciest(name))
             assert call.model is not None
             call.request = self.with_defaults(checked, call.model)
-            await self.admit(call, ctx, attempts=len(self.router.config.get(name).candidates))  # type: ignore[union-attr]
+            assert call.route is not None
+            await self.admit(call, ctx, attempts=max(1, len(call.route.plan.candidates)))
             call.request = checked
 
     async def plan_route(self, call: Call, name: str, api_key_id: str | None) -> None:

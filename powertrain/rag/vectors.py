@@ -169,6 +169,8 @@ class FileVectors:
     def prepare(self, record: CollectionRecord) -> None:
         # Load (and check) the saved file while it still matches the store; after
         # the write it would look stale and be rebuilt from scratch.
+        if record.id in self._indexes:
+            return  # already loaded: no store read per document of an ingest
         fresh = self.store.get(record.owner, record.name)
         if fresh is not None and fresh.dim is not None:
             self.index(fresh, fresh.dim)

@@ -205,8 +205,8 @@ class OpenAIRoutes:
         return exc
 
 
+_CACHE_HEADER = RESPONSE_HEADER.encode()
+
+
 def _call_headers(call: ChatCall) -> list[tuple[bytes, bytes]]:
-    return [
-        (TRACE_HEADER, call.trace_id.encode()),
-        (RESPONSE_HEADER.encode(), call.cache_status.encode()),
-    ]
+    return [(TRACE_HEADER, call.trace_id.encode()), (_CACHE_HEADER, call.cache_status.encode())]
