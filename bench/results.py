@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from collections.abc import Callable
@@ -9,6 +10,17 @@ from pathlib import Path
 from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def add_json_option(parser: argparse.ArgumentParser) -> None:
+    """``--json`` as every benchmark takes it, for ``publish``."""
+    parser.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        metavar="FILE",
+        help="no FILE: print JSON instead of the table; FILE: also write JSON there",
+    )
 
 
 def publish(

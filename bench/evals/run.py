@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.gateway.procs import REPO_ROOT, free_port, http_ok
-from bench.results import publish
+from bench.results import add_json_option, publish
 
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
 
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=3, help="Runs of each size (fastest kept).")
     parser.add_argument("--promptfoo", type=Path, default=Path("bench/.promptfoo"))
     parser.add_argument("--only", default="powertrain,promptfoo")
-    parser.add_argument("--json", dest="json_arg", default=None)
+    add_json_option(parser)
     args = parser.parse_args(argv)
     only = args.only.split(",")
     if (
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
             )
         return "\n".join(lines)
 
-    publish(document, "evals", table, args.json_arg)
+    publish(document, "evals", table, args.json)
 
 
 if __name__ == "__main__":

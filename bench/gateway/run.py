@@ -50,7 +50,7 @@ from bench.gateway.measure import Plan, TargetResult, measure
 from bench.gateway.procs import REPO_ROOT, Server, StartError, free_port, usable_cpus
 from bench.gateway.report import render_table, to_json
 from bench.gateway.targets import STARTERS, TARGET_NAMES, Context, Running
-from bench.results import publish
+from bench.results import add_json_option, publish
 
 
 def say(message: str) -> None:
@@ -88,13 +88,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="streaming levels (default 1,32; empty string to skip)",
     )
     parser.add_argument("--no-stream", action="store_true", help="skip the streaming cells")
-    parser.add_argument(
-        "--json",
-        nargs="?",
-        const="-",
-        metavar="FILE",
-        help="no FILE: print JSON instead of the table; FILE: also write JSON there",
-    )
+    add_json_option(parser)
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs)")
     args = parser.parse_args(argv)

@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from bench.gateway.report import format_table
-from bench.results import publish
+from bench.results import add_json_option, publish
 
 DIM = 384
 K = 10
@@ -585,13 +585,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--ef-construction", type=int, default=64, help="default 64")
     parser.add_argument("--target", type=float, default=0.95, help="recall@10 to tune ef_search to")
     parser.add_argument("--text", type=int, default=0, metavar="N", help="also N MiniLM vectors")
-    parser.add_argument(
-        "--json",
-        nargs="?",
-        const="-",
-        metavar="FILE",
-        help="no FILE: print JSON instead of the table; FILE: also write JSON there",
-    )
+    add_json_option(parser)
     args = parser.parse_args(argv)
     args.sizes = [10_000] if args.quick else [int(s) for s in args.sizes.split(",") if s.strip()]
     args.names = [n.strip() for n in args.only.split(",") if n.strip()]

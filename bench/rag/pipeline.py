@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 
 from bench.gateway.report import format_table
-from bench.results import publish
+from bench.results import add_json_option, publish
 from powertrain.store.collections import NewChunk
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -411,13 +411,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="store URL (default: a SQLite file in a temporary home); a Postgres URL "
         "measures pgvector and Postgres full-text. The bench's collections are left there.",
     )
-    parser.add_argument(
-        "--json",
-        nargs="?",
-        const="-",
-        metavar="FILE",
-        help="no FILE: print JSON instead of the tables; FILE: also write JSON there",
-    )
+    add_json_option(parser)
     args = parser.parse_args(argv)
     args.sizes = [10_000] if args.quick else [int(s) for s in args.sizes.split(",") if s.strip()]
     return args

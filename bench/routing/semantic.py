@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.results import publish
+from bench.results import add_json_option, publish
 from powertrain.catalog import BUNDLED_EMBEDDING_MODEL
 from powertrain.engines.sentence_transformers import SentenceTransformersEngine
 from powertrain.routing.semantic import target_scores, unit_rows
@@ -193,7 +193,7 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=5, help="examples per intent")
     parser.add_argument("--held-out", type=int, default=30, help="held-out queries per intent")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--json", nargs="?", const="-", default=None)
+    add_json_option(parser)
     args = parser.parse_args()
     document = asyncio.run(measure(args.examples, args.held_out, list(range(args.seeds))))
 
