@@ -1,4 +1,4 @@
-"""Plugins: every engine and guardrail type, built-in or third-party, arrives through a hook.
+"""Plugins: every engine, guardrail, assertion and fine-tuning method arrives through a hook.
 
 Built-in engines and guardrails are listed in ``DEFAULT_PLUGINS`` and registered
 exactly the way a third-party package's are (from the ``powertrain`` entry-point
@@ -16,6 +16,7 @@ import pluggy
 if TYPE_CHECKING:
     from powertrain.engines.base import Engine
     from powertrain.evals.assertions import AssertionType
+    from powertrain.flywheel.base import Trainer
     from powertrain.guard.base import Guardrail
 
 hookspec = pluggy.HookspecMarker("powertrain")
@@ -45,6 +46,11 @@ class Specs:
     def register_assertions(self, register: Callable[[AssertionType], None]) -> None:
         """Call ``register(AssertionType(name, check, validate))`` once for each eval
         assertion type this plugin provides (``type: name`` in a suite's ``assert`` list)."""
+
+    @hookspec
+    def register_trainers(self, register: Callable[[type[Trainer]], None]) -> None:
+        """Call ``register(TrainerClass)`` once for each fine-tuning method this plugin
+        provides (its ``name`` is what ``powertrain finetune --method`` names)."""
 
 
 def make_plugin_manager(load_entry_points: bool = True) -> pluggy.PluginManager:
