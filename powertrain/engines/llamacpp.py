@@ -22,6 +22,7 @@ from powertrain.catalog import ModelConfig
 from powertrain.engines._local_worker import Job, LocalWorker
 from powertrain.engines.base import Capabilities, Engine
 from powertrain.engines.bundled import smollm2_path
+from powertrain.engines.gguf_chat import GGUFChat
 from powertrain.errors import ConfigError, EngineUnavailable, InvalidRequest
 from powertrain.plugins import hookimpl
 from powertrain.schemas import ChatChunk, ChatCompletionRequest, ChatResult, Usage
@@ -40,7 +41,6 @@ class LoadedModel:
     ):
         try:
             from llama_cpp import Llama
-            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
         except ImportError:  # pragma: no cover - a declared dependency
             raise EngineUnavailable(
                 "the llamacpp engine needs llama-cpp-python: pip install llama-cpp-python"
@@ -53,18 +53,8 @@ class LoadedModel:
             lora_path=lora_path,
             verbose=False,
         )
-        meta = self.llm.metadata
-        template = meta.get("tokenizer.chat_template")
-        if not template:
-            raise ConfigError(f"{path.name} has no chat template; it cannot serve chat")
-        vocab_token = self.llm._model.token_get_text
-        self.eos_text = vocab_token(self.llm.token_eos())
-        bos_id = self.llm.token_bos()
-        self.formatter = Jinja2ChatFormatter(
-            template=template,
-            eos_token=self.eos_text,
-            bos_token=vocab_token(bos_id) if bos_id >= 0 else "",
-        )
+        self.chat = GGUFChat(self.llm, path.name)
+        self.eos_text = self.chat.eos_text
         self.worker = LocalWorker(path.stem, queue_size)
         self.users = 0
         # llama.cpp pads its context up to a multiple of 256, but llama-cpp-python sizes
@@ -72,19 +62,11 @@ class LoadedModel:
         self.n_ctx = min(int(self.llm.n_ctx()), n_ctx)
 
     def prompt_tokens(self, request: ChatCompletionRequest) -> list[int]:
-        messages = [_template_message(m.role, m.text()) for m in request.messages]
-        prompt = self.formatter(messages=messages).prompt  # type: ignore[arg-type]
-        return self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        return self.chat.prompt_tokens([(m.role, m.text()) for m in request.messages])
 
     def close(self) -> None:
         self.worker.shutdown()
         self.llm.close()
-
-
-def _template_message(role: str, content: str) -> dict[str, str]:
-    # Chat templates know system/user/assistant; newer OpenAI roles map onto them.
-    mapped = {"developer": "system", "tool": "user", "function": "user"}.get(role, role)
-    return {"role": mapped, "content": content}
 
 
 _loaded: dict[tuple[Any, ...], LoadedModel] = {}
