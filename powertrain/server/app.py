@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from powertrain import __version__
+from powertrain import __version__, ui
 from powertrain.config import Config, load_config
 from powertrain.errors import (
     ConfigError,
@@ -215,5 +215,6 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
     api_app.include_router(feedback_api.router)
     api_app.include_router(datasets_api.router)
     api_app.include_router(docs_assets.router)
+    api_app.include_router(ui.router)  # the web UI: / and /ui/…
     hot = OpenAIRoutes(gateway, authenticator)
     return PowertrainApp(gateway, api_app, hot)

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, Field
-from sqlalchemy import Select, delete, func, select
+from sqlalchemy import ColumnElement, Select, Text, cast, delete, exists, func, or_, select
 
 from powertrain.schemas.trace import TRACE_ADAPTER, Trace
 from powertrain.store.db import Database
-from powertrain.store.schema import traces
+from powertrain.store.schema import feedback, traces
 from powertrain.store.times import as_utc
 
 _COLUMNS = [c.name for c in traces.columns]
+
+
+FeedbackState = Literal["none", "any", "up", "down", "corrected"]
+MAX_SEARCH_CHARS = 200
 
 
 class TraceFilter(BaseModel):
@@ -25,6 +29,16 @@ class TraceFilter(BaseModel):
     since: datetime | None = None
     until: datetime | None = None
     api_key_id: str | None = None
+    variant: str | None = None
+    feedback: FeedbackState | None = Field(
+        default=None,
+        description="none: no feedback yet; any; up/down: the latest thumb; corrected.",
+    )
+    search: str | None = Field(
+        default=None,
+        max_length=MAX_SEARCH_CHARS,
+        description="Text in the output, the request or the error (case-insensitive).",
+    )
 
 
 class TracePage(BaseModel):
@@ -109,7 +123,7 @@ class TraceStore:
 
 def _filtered(query: Select[Any], filters: TraceFilter) -> Select[Any]:
     """``query`` narrowed by every filter that is set (values always bound, never inlined)."""
-    for column in ("model", "status", "task", "api_key_id"):
+    for column in ("model", "status", "task", "api_key_id", "variant"):
         value = getattr(filters, column)
         if value is not None:
             query = query.where(traces.c[column] == _without_nul(value))
@@ -117,7 +131,51 @@ def _filtered(query: Select[Any], filters: TraceFilter) -> Select[Any]:
         query = query.where(traces.c.created_at >= as_utc(filters.since))
     if filters.until is not None:
         query = query.where(traces.c.created_at < as_utc(filters.until))
+    if filters.feedback is not None:
+        query = query.where(_feedback_condition(filters.feedback))
+    if filters.search:
+        query = query.where(_search_condition(filters.search))
     return query
+
+
+def _feedback_condition(state: FeedbackState) -> ColumnElement[bool]:
+    """Feedback as ``datasets.from_traces.keeps`` reads it: the latest thumb given wins."""
+    mine = feedback.c.trace_id == traces.c.id
+    if state == "none":
+        return ~exists().where(mine)
+    if state == "any":
+        return exists().where(mine)
+    if state == "corrected":
+        return exists().where(mine, feedback.c.correction.is_not(None))
+    latest_thumb = (
+        select(feedback.c.thumb)
+        .where(mine, feedback.c.thumb.is_not(None))
+        .order_by(feedback.c.created_at.desc(), feedback.c.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    return latest_thumb == state
+
+
+def _search_condition(text: str) -> ColumnElement[bool]:
+    """A case-insensitive substring of the output, the request (as JSON text) or the error.
+
+    A scan, not an index: with newest-first order and a page limit it stops at the
+    first page of matches, which is fast on tens of thousands of traces; a rare term
+    over millions would want Postgres full-text or FTS5 instead.
+    """
+    escaped = (
+        _without_nul(text)[:MAX_SEARCH_CHARS]
+        .replace("\\", "\\\\")
+        .replace("%", "\\%")
+        .replace("_", "\\_")
+    )
+    pattern = f"%{escaped}%"
+    return or_(
+        traces.c.output.ilike(pattern, escape="\\"),
+        traces.c.error_message.ilike(pattern, escape="\\"),
+        cast(traces.c.request, Text).ilike(pattern, escape="\\"),
+    )
 
 
 def _sqlite_datetime(moment: datetime) -> str:

@@ -1,0 +1,151 @@
+"""Line charts as geometry: numbers in, coordinates and labels out; a template draws the SVG.
+
+No chart library and no markup built here: ``templates/_chart.html`` turns a
+:class:`LineChart` into inline SVG, so every label (a model or key name) goes
+through Jinja's escaping like any other text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+WIDTH, HEIGHT = 640, 200
+LEFT, RIGHT, TOP, BOTTOM = 64, 12, 10, 24
+MAX_SERIES = 8  # more groups than this are summed into "other"
+
+
+@dataclass(frozen=True)
+class Point:
+    x: float
+    y: float
+    label: str  # the tooltip: group, time and value
+
+
+@dataclass(frozen=True)
+class Series:
+    name: str
+    color: int  # index into the stylesheet's series colours (.s0 … .s7)
+    points: list[Point]
+
+    @property
+    def polyline(self) -> str:
+        return " ".join(f"{p.x:.1f},{p.y:.1f}" for p in self.points)
+
+
+@dataclass(frozen=True)
+class Tick:
+    at: float
+    label: str
+
+
+@dataclass(frozen=True)
+class LineChart:
+    title: str
+    width: int
+    height: int
+    plot_left: float
+    plot_right: float
+    plot_top: float
+    plot_bottom: float
+    series: list[Series]
+    y_ticks: list[Tick]
+    x_ticks: list[Tick]
+
+    @property
+    def empty(self) -> bool:
+        return not any(s.points for s in self.series)
+
+
+def _nice_ceiling(value: float) -> float:
+    """The smallest of 1, 2, 2.5, 5 x 10^n at or above ``value`` (a readable axis top)."""
+    if value <= 0:
+        return 1.0
+    power = 10.0 ** _floor_log10(value)
+    for step in (1, 2, 2.5, 5, 10):
+        if value <= step * power * (1 + 1e-9):
+            return step * power
+    return 10 * power
+
+
+def _floor_log10(value: float) -> int:
+    exponent = 0
+    while value >= 10:
+        value /= 10
+        exponent += 1
+    while value < 1:
+        value *= 10
+        exponent -= 1
+    return exponent
+
+
+def _time_label(moment: datetime, bucket_seconds: int) -> str:
+    moment = moment.astimezone(UTC)
+    if bucket_seconds >= 86_400:
+        return moment.strftime("%m-%d")
+    if bucket_seconds >= 3_600:
+        return moment.strftime("%m-%d %H:00")
+    return moment.strftime("%H:%M")
+
+
+def line_chart(
+    title: str,
+    buckets: Sequence[datetime],
+    values: dict[str, dict[datetime, float]],
+    *,
+    bucket_seconds: int,
+    fmt: Callable[[float], str],
+    colors: dict[str, int] | None = None,
+) -> LineChart:
+    """One line per group over ``buckets`` (a missing bucket is drawn as 0)."""
+    plot_w = WIDTH - LEFT - RIGHT
+    plot_h = HEIGHT - TOP - BOTTOM
+    peak = max((v for by_time in values.values() for v in by_time.values()), default=0.0)
+    top = _nice_ceiling(peak)
+    span = max(1, len(buckets) - 1)
+
+    def x_of(i: int) -> float:
+        return LEFT + plot_w * (i / span if len(buckets) > 1 else 0.5)
+
+    def y_of(v: float) -> float:
+        return TOP + plot_h * (1 - v / top)
+
+    series = []
+    for n, (name, by_time) in enumerate(values.items()):
+        points = [
+            Point(
+                x_of(i),
+                y_of(by_time.get(moment, 0.0)),
+                f"{name} · {_time_label(moment, bucket_seconds)} · {fmt(by_time.get(moment, 0.0))}",
+            )
+            for i, moment in enumerate(buckets)
+        ]
+        color = (colors or {}).get(name, n) % MAX_SERIES
+        series.append(Series(name, color, points))
+    y_ticks = [Tick(y_of(top * f), fmt(top * f)) for f in (0, 0.25, 0.5, 0.75, 1)]
+    every = max(1, len(buckets) // 6)
+    x_ticks = [
+        Tick(x_of(i), _time_label(moment, bucket_seconds))
+        for i, moment in enumerate(buckets)
+        if i % every == 0
+    ]
+    return LineChart(
+        title=title,
+        width=WIDTH,
+        height=HEIGHT,
+        plot_left=LEFT,
+        plot_right=WIDTH - RIGHT,
+        plot_top=TOP,
+        plot_bottom=HEIGHT - BOTTOM,
+        series=series,
+        y_ticks=y_ticks,
+        x_ticks=x_ticks,
+    )
+
+
+def bucket_starts(since: datetime, until: datetime, bucket_seconds: int) -> list[datetime]:
+    """Every bucket start from ``since`` to ``until``, aligned to the epoch like the SQL."""
+    first = int(since.timestamp()) // bucket_seconds
+    last = int(until.timestamp()) // bucket_seconds
+    return [datetime.fromtimestamp(b * bucket_seconds, UTC) for b in range(first, last + 1)]
