@@ -114,6 +114,16 @@ class Catalog:
                 raise ConfigError(f"[models.{alias}]: {_first_error(exc)}") from None
         return cls(models)
 
+    def register(self, model: ModelConfig) -> bool:
+        """Add a model at run time (a fine-tuned one); False if the alias is taken.
+
+        The config file's entries always win: a registered model never replaces one.
+        """
+        if model.alias in self._models:
+            return False
+        self._models[model.alias] = model
+        return True
+
     def get(self, alias: str) -> ModelConfig:
         try:
             return self._models[alias]

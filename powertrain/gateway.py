@@ -18,12 +18,14 @@ from powertrain.access import AccessGate, KeyService, Limiter, MemoryLimiter, Re
 from powertrain.cache.stage import CachedCall, CacheStage
 from powertrain.calls import Call, CallContext
 from powertrain.catalog import ModelConfig, ModelRef
+from powertrain.catalog_sync import RegisteredModels
 from powertrain.config import Config
 from powertrain.engines.base import Engine, estimate_tokens
 from powertrain.engines.registry import EnginePool
 from powertrain.errors import (
     ContextWindowExceeded,
     InvalidRequest,
+    ModelNotFound,
     PowertrainError,
     UpstreamTimeout,
 )
@@ -39,6 +41,7 @@ from powertrain.schemas import ChatChunk, ChatCompletionRequest, ChatResult, Emb
 from powertrain.schemas.embeddings import EmbeddingRequest
 from powertrain.schemas.trace import Trace
 from powertrain.store import CollectionStore, Database, KeyStore, TaskStore, TraceStore
+from powertrain.store.finetune import FineTuneStore
 from powertrain.tasks.registry import TaskRegistry
 from powertrain.tasks.runner import TaskRunner
 from powertrain.tracing import TraceWriter
@@ -95,6 +98,7 @@ class Gateway:
             scrubber=self.scrubber,
         )
         self.engines = EnginePool(config.catalog)
+        self.registered = RegisteredModels(config.catalog, FineTuneStore(self.database))
         self.task_store = TaskStore(self.database)
         self.tasks = TaskRunner(
             self,
@@ -124,6 +128,7 @@ class Gateway:
         if not self._started:
             # Tasks from powertrain.toml reach the store before the first call can name one.
             await asyncio.to_thread(self.tasks.registry.sync_config)
+            await asyncio.to_thread(self.registered.load)
             await self.traces.start()
             self._started = True
 
@@ -207,9 +212,18 @@ class Gateway:
 
     async def attach(self, call: Call, alias: str) -> None:
         """Bind a call to a catalog model and its (started) engine."""
-        call.model = self.config.catalog.get(alias)
+        call.model = await self.model(alias)
         call.trace.engine = call.model.engine
         call.engine = self.engines.started(alias) or await self.engines.get(alias)
+
+    async def model(self, alias: str) -> ModelConfig:
+        """The catalog entry for ``alias``, looking for newly registered models on a miss."""
+        try:
+            return self.config.catalog.get(alias)
+        except ModelNotFound:
+            if not await self.registered.refresh():
+                raise
+            return self.config.catalog.get(alias)
 
     async def _route(
         self, call: Call, request: ChatCompletionRequest, ctx: CallContext, name: str

@@ -81,6 +81,12 @@ class Settings(BaseModel):
         description="How long a worker serves a task's versions and labels from memory before "
         "reading the store again (s); label moves on other workers show up after it.",
     )
+    compute_price_per_hour: float = Field(
+        default=0.10,
+        ge=0,
+        description="USD an hour of this machine costs; `finetune --method auto` prices local "
+        "models' calls by their compute time with it (a 2-vCPU cloud VM is about 0.05-0.10).",
+    )
     shutdown_grace: float = Field(
         default=30.0, ge=0, description="How long live streams may finish on SIGTERM (s)."
     )

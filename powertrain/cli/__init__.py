@@ -5,7 +5,19 @@ from __future__ import annotations
 import click
 
 from powertrain import __version__
-from powertrain.cli import dataset, feedback, generate, keys, logs, models, rag, serve, task
+from powertrain.cli import (
+    dataset,
+    feedback,
+    finetune,
+    generate,
+    keys,
+    logs,
+    models,
+    promote,
+    rag,
+    serve,
+    task,
+)
 from powertrain.cli import eval as eval_cli
 
 
@@ -35,5 +47,7 @@ for command in (
     feedback.feedback,
     dataset.dataset,
     eval_cli.eval_group,
+    finetune.finetune,
+    promote.promote,
 ):
     main.add_command(command)

@@ -25,18 +25,31 @@ ExportFormat = Literal["openai", "eval"]
 
 
 class TaskPrompts:
-    """Renders task rows with each task's current version (default variant)."""
+    """Renders task rows with each task's variant: ``variant``, or else its default one.
 
-    def __init__(self, registry: TaskRegistry | None) -> None:
+    A variant renders with the version it pins (or its label's version) and at most
+    the few-shot examples it allows, exactly as a call to it would be rendered.
+    """
+
+    def __init__(self, registry: TaskRegistry | None, *, variant: str | None = None) -> None:
         self.registry = registry
+        self.variant = variant
         self._versions: dict[str, tuple[int, PromptVersion, int | None]] = {}
 
-    def _version(self, task: str) -> tuple[int, PromptVersion, int | None]:
+    def version(self, task: str) -> tuple[int, PromptVersion, int | None]:
+        """(version number, version, few-shot limit) that rows of ``task`` render with."""
         if task not in self._versions:
             if self.registry is None:
                 raise InvalidRequest(f"rendering task {task!r} needs the task store")
             loaded = self.registry.get(task)
-            spec = next(iter(loaded.settings.effective_variants().values()))
+            variants = loaded.settings.effective_variants()
+            if self.variant is not None and self.variant not in variants:
+                known = ", ".join(sorted(variants))
+                raise InvalidRequest(
+                    f"task {task!r} has no variant {self.variant!r} (variants: {known})",
+                    param="variant",
+                )
+            spec = variants[self.variant] if self.variant else next(iter(variants.values()))
             selector = spec.version
             if isinstance(selector, str) and selector not in loaded.labels:
                 selector = "latest"  # no production label yet: the newest version
@@ -45,7 +58,7 @@ class TaskPrompts:
         return self._versions[task]
 
     def messages(self, task: str, variables: dict[str, Any], output: Any, where: str) -> list[Any]:
-        _number, version, limit = self._version(task)
+        _number, version, limit = self.version(task)
         bound = bind_variables(version.variables, variables, where=where)
         examples = list(version.examples)
         if limit is not None:

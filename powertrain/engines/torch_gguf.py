@@ -23,8 +23,11 @@ _threads_lock = threading.Lock()
 
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
-    from transformers import modeling_gguf_pytorch_utils as gguf_loader
-    from transformers.utils import logging as hf_logging
+    import importlib
+
+    # Untyped modules: reached through Any so strict typing stays meaningful elsewhere.
+    gguf_loader: Any = importlib.import_module("transformers.modeling_gguf_pytorch_utils")
+    hf_logging: Any = importlib.import_module("transformers.utils.logging")
 
     level = hf_logging.get_verbosity()
     bars = hf_logging.is_progress_bar_enabled()
@@ -79,5 +82,5 @@ def load_causal_lm(path: Path) -> Any:
                 f"transformers cannot load {path.name} into PyTorch ({exc}); fine-tuning and "
                 "the transformers engine support the GGUF architectures transformers reads"
             ) from None
-    model.eval()
+    model.eval()  # type: ignore[no-untyped-call]
     return model

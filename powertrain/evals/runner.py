@@ -125,7 +125,7 @@ class EvalRunner:
                                 f"{variant!r} (known: {', '.join(sorted(known))})"
                             )
                 elif spec.model is not None and spec.model not in self.gateway.router:
-                    self.gateway.config.catalog.get(spec.model)
+                    await self.gateway.model(spec.model)
             except SuiteError:
                 raise
             except PowertrainError as exc:

@@ -69,7 +69,9 @@ async def list_models(
     request: Request, principal: Annotated[Principal, policy(Access.KEY)]
 ) -> dict[str, Any]:
     """The catalog (the models this key may use), in OpenAI's list shape."""
-    config = _gateway(request).config
+    gateway = _gateway(request)
+    await gateway.registered.refresh()  # models fine-tuned since the last look
+    config = gateway.config
     models = [_model_entry(m) for m in config.catalog if KeyService.may_use(principal.key, m.alias)]
     routes = [_route_entry(r) for r in config.routes if KeyService.may_use(principal.key, r.name)]
     return {"object": "list", "data": models + routes}
@@ -81,11 +83,11 @@ async def get_model(
 ) -> dict[str, Any]:
     if principal.key is not None:
         KeyService.check_model(principal.key, model_id)
-    config = _gateway(request).config
-    route = config.routes.get(model_id)
+    gateway = _gateway(request)
+    route = gateway.config.routes.get(model_id)
     if route is not None:
         return _route_entry(route)
-    return _model_entry(config.catalog.get(model_id))
+    return _model_entry(await gateway.model(model_id))
 
 
 def _route_entry(route: Any) -> dict[str, Any]:

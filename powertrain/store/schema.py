@@ -307,3 +307,78 @@ dataset_rows = Table(
         name="fk_dataset_rows_version",
     ),
 )
+
+# The flywheel: fine-tuning jobs, the models they registered, the variants they added to
+# tasks, and every change of a task's traffic split (promotions, rollbacks, config edits).
+finetune_jobs = Table(
+    "finetune_jobs",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("task", String(128), nullable=False),
+    Column("owner", String(64), nullable=False),  # the dataset's owner ("" = admin)
+    Column("dataset", String(128), nullable=False),
+    Column("dataset_version", Integer, nullable=False),
+    Column("method", String(64), nullable=False),
+    Column("base_model", String(256), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("params", JsonType, nullable=False),
+    Column("progress", JsonType, nullable=False),
+    Column("metrics", JsonType, nullable=False),
+    Column("curves", JsonType, nullable=False),
+    Column("model_alias", String(256)),
+    Column("variant", String(64)),
+    Column("workdir", Text),
+    Column("error", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("heartbeat_at", DateTime(timezone=True)),
+    Column("duration_s", Float),
+    Index("ix_finetune_jobs_task_created_at", "task", "created_at"),
+)
+
+registered_models = Table(
+    "registered_models",
+    metadata,
+    Column("alias", String(256), primary_key=True),
+    Column("config", JsonType, nullable=False),  # the catalog entry, as ModelConfig fields
+    Column("task", String(128)),
+    Column("job_id", String(40)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+task_variants = Table(
+    "task_variants",
+    metadata,
+    Column(
+        "task",
+        String(128),
+        ForeignKey("tasks.name", ondelete="CASCADE", name="fk_task_variants_task"),
+        primary_key=True,
+    ),
+    Column("name", String(64), primary_key=True),
+    Column("spec", JsonType, nullable=False),  # VariantSpec fields
+    Column("source", String(64), nullable=False),  # the job that added it
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+task_splits = Table(
+    "task_splits",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "task",
+        String(128),
+        ForeignKey("tasks.name", ondelete="CASCADE", name="fk_task_splits_task"),
+        nullable=False,
+    ),
+    Column("action", String(16), nullable=False),  # canary | full | rollback | config
+    Column("variant", String(64)),
+    Column("weights", JsonType, nullable=False),  # variant -> weight, after this change
+    Column("previous", JsonType, nullable=False),  # variant -> weight, before it
+    Column("promotion", Integer),  # the id of the row that started this promotion
+    Column("author", String(128)),
+    Column("note", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_task_splits_task_id", "task", "id"),
+)

@@ -15,10 +15,11 @@ import hashlib
 import json
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from powertrain.errors import Conflict, InvalidRequest, TaskNotFound
+from powertrain.store.splits import SplitChange, SplitRecord, SplitStore
 from powertrain.store.tasks import (
     SyncOutcome,
     TaskExists,
@@ -27,12 +28,18 @@ from powertrain.store.tasks import (
     TaskVersionRecord,
     VersionMissing,
 )
-from powertrain.tasks.definition import PromptVersion, TaskDefinition, TaskSettings
+from powertrain.tasks.definition import PromptVersion, TaskDefinition, TaskSettings, VariantSpec
 
 
 @dataclass(frozen=True)
 class LoadedTask:
-    """One task as read from the store: its settings, labels and every version."""
+    """One task as read from the store: its settings, labels and every version.
+
+    ``settings.variants`` is what is served: the definition's variants, plus those a
+    fine-tuning job added (``added_variants``), weighted by the split in force
+    (``split``, the newest row of the task's split history) when there is one.
+    ``defined_weights`` are the weights before that split (added variants at 0).
+    """
 
     name: str
     source: str
@@ -41,6 +48,9 @@ class LoadedTask:
     versions: dict[int, PromptVersion]
     created_at: Any = None
     updated_at: Any = None
+    defined_weights: dict[str, float] = field(default_factory=dict)
+    added_variants: tuple[str, ...] = ()
+    split: SplitRecord | None = None
 
     def resolve(self, selector: int | str) -> tuple[int, PromptVersion]:
         """A version number or label → (number, version)."""
@@ -77,8 +87,10 @@ class TaskRegistry:
         configured: dict[str, TaskDefinition],
         *,
         refresh_interval: float,
+        splits: SplitStore | None = None,
     ):
         self.store = store
+        self.splits = splits or SplitStore(store.db)
         self.configured = configured
         self.refresh_interval = refresh_interval
         self._cache: dict[str, tuple[float, LoadedTask]] = {}
@@ -103,8 +115,25 @@ class TaskRegistry:
                     f"task {name!r} in powertrain.toml was already created through the API; "
                     "rename one of them or delete the API task"
                 ) from None
+            if self.synced[name].changed:
+                self._definition_changed(name, "config")
             self.invalidate(name)
         return self.synced
+
+    def _definition_changed(self, name: str, action: str) -> None:
+        """A new definition's weights take over from any split set since (and end any
+        promotion): recorded in the history, only for tasks that have one."""
+
+        defined = self._load(name).defined_weights
+
+        def change(current: SplitRecord | None, _started: SplitRecord | None) -> SplitChange | None:
+            if current is None or current.weights == defined:
+                return None
+            return SplitChange(
+                action=action, variant=None, weights=defined, previous=current.weights
+            )
+
+        self.splits.change(name, change)
 
     # -- reads --------------------------------------------------------------
     def invalidate(self, name: str | None = None) -> None:
@@ -141,14 +170,31 @@ class TaskRegistry:
                 param="model",
             )
         record, labels, versions = snapshot
+        settings = TaskSettings.model_validate(record.definition)
+        variants = dict(settings.effective_variants())
+        added = []
+        for stored in self.splits.variants(name):
+            if stored.name not in variants:  # the definition's own variant of a name wins
+                variants[stored.name] = VariantSpec.model_validate({**stored.spec, "weight": 0})
+                added.append(stored.name)
+        defined = {variant: spec.weight for variant, spec in variants.items()}
+        split = self.splits.current(name)
+        if split is not None and any(split.weights.get(v, 0) > 0 for v in variants):
+            variants = {
+                v: spec.model_copy(update={"weight": float(split.weights.get(v, 0.0))})
+                for v, spec in variants.items()
+            }
         return LoadedTask(
             name=record.name,
             source=record.source,
-            settings=TaskSettings.model_validate(record.definition),
+            settings=settings.model_copy(update={"variants": variants}),
             labels=labels,
             versions={v.version: PromptVersion.model_validate(v.content) for v in versions},
             created_at=record.created_at,
             updated_at=record.updated_at,
+            defined_weights=defined,
+            added_variants=tuple(added),
+            split=split,
         )
 
     def all(self) -> list[LoadedTask]:
@@ -209,6 +255,7 @@ class TaskRegistry:
             self.store.update_definition(name, settings.model_dump(mode="json"))
         except TaskMissing:
             raise TaskNotFound(f"no task named {name!r}") from None
+        self._definition_changed(name, "settings")
         self.invalidate(name)
         return self.get(name)
 

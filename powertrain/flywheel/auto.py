@@ -1,0 +1,117 @@
+"""``--method auto``: try every method that applies within a time budget, then recommend one.
+
+The cheapest methods go first (a classifier on embeddings trains in seconds; LoRA
+and prompt tuning take minutes), so a tight budget still yields an answer. Each
+method is an ordinary job; all of them are then scored in one eval run beside the
+base variant, and the recommendation is the most accurate — or, within a point of
+it, the cheapest to serve — because a good product says so with numbers instead
+of reaching for the heaviest tool first.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from powertrain.errors import InvalidRequest
+from powertrain.flywheel.base import Trainer
+from powertrain.flywheel.jobs import FineTuneRequest, FineTuning
+from powertrain.flywheel.registry import trainer_classes
+from powertrain.flywheel.scoring import Scoreboard, VariantScore
+from powertrain.store.finetune import JobRecord
+
+# Cheapest first; methods a plugin adds come after these, by name.
+_ORDER = ("classifier", "lora", "prompt-tuning")
+# Accuracy within this of the best counts as a tie, broken by the cost of serving.
+TIE = 0.01
+
+
+@dataclass
+class MethodOutcome:
+    method: str
+    status: str  # succeeded | failed | cancelled | skipped | not applicable
+    reason: str | None = None
+    job: JobRecord | None = None
+
+    @property
+    def variant(self) -> str | None:
+        return self.job.variant if self.job is not None and self.status == "succeeded" else None
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    method: str
+    variant: str
+    why: str
+
+
+def candidate_methods(service: FineTuning, request: FineTuneRequest) -> list[MethodOutcome]:
+    """Every registered method, applicable or not (with the reason), cheapest first."""
+    names = sorted(trainer_classes(), key=lambda n: (_ORDER.index(n) if n in _ORDER else 99, n))
+    outcomes = []
+    for name in names:
+        try:
+            service.check(request_for(request, name, {}))
+        except InvalidRequest as exc:
+            outcomes.append(MethodOutcome(name, "not applicable", exc.message))
+            continue
+        outcomes.append(MethodOutcome(name, "pending"))
+    return outcomes
+
+
+def settings_within(method: Trainer, seconds: float) -> dict[str, Any]:
+    """A time limit for a method whose settings take one (``max_seconds``)."""
+    if "max_seconds" in method.settings_model.model_fields:
+        return {"max_seconds": max(1.0, seconds)}
+    return {}
+
+
+def parse_duration(text: str) -> float:
+    """``90s``, ``20m``, ``1h``, ``1h30m`` or plain seconds → seconds."""
+    raw = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", raw):
+        return float(raw)
+    parts = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", raw)
+    if not raw or parts is None or not any(parts.groups()):
+        raise InvalidRequest(f"time budget {text!r} is not a duration like 90s, 20m or 1h30m")
+    hours, minutes, seconds = (int(g) if g else 0 for g in parts.groups())
+    return float(hours * 3600 + minutes * 60 + seconds)
+
+
+def recommend(
+    outcomes: list[MethodOutcome], board: Scoreboard, price_per_hour: float
+) -> Recommendation | None:
+    scored: list[tuple[MethodOutcome, VariantScore]] = [
+        (o, board.variants[o.variant])
+        for o in outcomes
+        if o.variant is not None and o.variant in board.variants
+    ]
+    if not scored:
+        return None
+    best = max(score.accuracy for _, score in scored)
+    close = [(o, s) for o, s in scored if s.accuracy >= best - TIE]
+    outcome, score = min(close, key=lambda pair: pair[1].cost_per_1k(price_per_hour))
+    assert outcome.variant is not None
+    why = f"{score.accuracy:.1%} on {score.cases} test rows"
+    if len(close) > 1:
+        why += f", the cheapest to serve of the {len(close)} within {TIE:.0%} of the best"
+    else:
+        why += ", the most accurate"
+    return Recommendation(outcome.method, outcome.variant, why)
+
+
+def request_for(request: FineTuneRequest, method: str, settings: dict[str, Any]) -> FineTuneRequest:
+    """``request`` for one of the methods ``auto`` tries."""
+    return FineTuneRequest(
+        task=request.task,
+        dataset=request.dataset,
+        method=method,
+        base=request.base,
+        variant=request.variant,
+        encoder=request.encoder,
+        seed=request.seed,
+        settings=settings,
+        limit=request.limit,
+        owner=request.owner,
+    )
