@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 WIDTH, HEIGHT = 640, 200
-LEFT, RIGHT, TOP, BOTTOM = 64, 12, 10, 24
+LEFT, RIGHT, TOP, BOTTOM = 64, 36, 10, 24
 MAX_SERIES = 8  # more groups than this are summed into "other"
 
 

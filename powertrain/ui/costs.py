@@ -31,6 +31,11 @@ GROUPINGS: dict[str, GroupBy] = {"model": "model", "task": "task", "key": "api_k
 OTHER = "(other)"
 
 
+def _count(value: float) -> str:
+    """An axis value of calls or tokens: whole where it is whole (a quarter tick may not be)."""
+    return number(int(value)) if float(value).is_integer() else f"{value:,.1f}"
+
+
 @dataclass(frozen=True)
 class GroupTotal:
     name: str
@@ -165,7 +170,7 @@ async def costs_page(
             buckets,
             series("calls"),
             bucket_seconds=bucket,
-            fmt=lambda v: number(round(v)),
+            fmt=_count,
             colors=colors,
         ),
         line_chart(
@@ -197,7 +202,7 @@ async def costs_page(
             buckets,
             series("tokens"),
             bucket_seconds=bucket,
-            fmt=lambda v: number(round(v)),
+            fmt=_count,
             colors=colors,
         ),
     ]
