@@ -50,7 +50,8 @@ from powertrain.flywheel.auto import (
 from powertrain.flywheel.base import Progress as TrainProgress
 from powertrain.flywheel.jobs import FineTuneRequest, FineTuning
 from powertrain.flywheel.registry import trainer
-from powertrain.flywheel.scoring import Scoreboard, score_variants
+from powertrain.flywheel.scoring import Scoreboard
+from powertrain.flywheel.views import job_json
 from powertrain.gateway import Gateway
 from powertrain.store.finetune import JobRecord
 
@@ -177,9 +178,9 @@ def _after_training(
     if options.get("score", True) and job.variant:
         board = _score(gateway, service, job, [job.variant, job.params["variant"]], options, out)
         if board is not None:
-            job = service.record_score(job.id, board)
+            job = service.get(job.id)
     if as_json:
-        print_json(_job_json(job))
+        print_json(job_json(job))
         return
     out.print(
         f"\nmodel [bold]{escape(job.model_alias or '')}[/bold] is variant "
@@ -196,23 +197,17 @@ def _score(
     options: dict[str, Any],
     out: Console,
 ) -> Scoreboard | None:
-    variants = list(dict.fromkeys(variants))
-
-    async def score(report: Any) -> Scoreboard:
-        def progress(done: int, total: int) -> None:
-            report(TrainProgress(step=done, total=total, phase="calls"))
-
-        await gateway.start()
-        try:
-            return await score_variants(
-                gateway, job, variants, limit=options.get("score_limit"), progress=progress
-            )
-        finally:
-            await gateway.aclose()  # in this loop: its trace writer and engines live here
-
     try:
         with progress_bar(out, "scoring") as report:
-            board = asyncio.run(score(report))
+
+            def progress(done: int, total: int) -> None:
+                report(TrainProgress(step=done, total=total, phase="calls"))
+
+            board = asyncio.run(
+                service.score(
+                    gateway, job, variants, limit=options.get("score_limit"), progress=progress
+                )
+            )
     except PowertrainError as exc:
         out.print(f"[yellow]not scored:[/yellow] {escape(exc.message)}")
         return None
@@ -353,28 +348,6 @@ def _auto_json(
     }
 
 
-def _job_json(job: JobRecord) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "task": job.task,
-        "dataset": job.dataset_ref,
-        "method": job.method,
-        "base_model": job.base_model,
-        "status": job.status,
-        "model": job.model_alias,
-        "variant": job.variant,
-        "params": job.params,
-        "metrics": job.metrics,
-        "curves": job.curves,
-        "progress": job.progress,
-        "error": job.error,
-        "created_at": job.created_at.isoformat(),
-        "started_at": job.started_at.isoformat() if job.started_at else None,
-        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
-        "duration_s": job.duration_s,
-    }
-
-
 @finetune.command("list")
 @click.option("--task", default=None, help="Only this task's jobs.")
 @click.option("-n", "count", type=click.IntRange(1, 10_000), default=50, show_default=True)
@@ -386,7 +359,7 @@ def list_cmd(task: str | None, count: int, config_path: str | None, as_json: boo
     with _service(load(config_path)) as (_gateway, service):
         jobs = service.list(task=task, limit=count)
     if as_json:
-        print_json([_job_json(j) for j in jobs])
+        print_json([job_json(j) for j in jobs])
         return
     console.print(jobs_table(jobs))
 
@@ -401,7 +374,7 @@ def show_cmd(job_id: str, config_path: str | None, as_json: bool) -> None:
     with _service(load(config_path)) as (_gateway, service):
         job = service.get(job_id)
     if as_json:
-        print_json(_job_json(job))
+        print_json(job_json(job))
         return
     console.print(job_table(job))
 
@@ -435,6 +408,6 @@ def cancel_cmd(job_id: str, config_path: str | None, as_json: bool) -> None:
     with _service(load(config_path)) as (_gateway, service):
         job = service.cancel(job_id)
     if as_json:
-        print_json(_job_json(job))
+        print_json(job_json(job))
         return
     console.print(f"job {job.id}: {job.status}")

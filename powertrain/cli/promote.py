@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 from rich.markup import escape
 from rich.table import Table
@@ -17,24 +15,10 @@ from powertrain.cli._common import (
     print_json,
 )
 from powertrain.flywheel.promotion import PromotionRequest, Promotions, parse_share
+from powertrain.flywheel.views import split_json
 from powertrain.store import Database, TaskStore
 from powertrain.store.splits import SplitRecord, SplitStore
 from powertrain.tasks.registry import TaskRegistry
-
-
-def split_json(record: SplitRecord) -> dict[str, Any]:
-    return {
-        "id": record.id,
-        "task": record.task,
-        "action": record.action,
-        "variant": record.variant,
-        "weights": record.weights,
-        "previous": record.previous,
-        "promotion": record.promotion,
-        "author": record.author,
-        "note": record.note,
-        "created_at": record.created_at.isoformat(),
-    }
 
 
 def _weights(weights: dict[str, float]) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +28,7 @@ from powertrain.errors import Conflict, InvalidRequest, NotFound, PowertrainErro
 from powertrain.flywheel.base import Progress, ProgressFn, TrainedModel, Trainer, TrainingPlan
 from powertrain.flywheel.examples import render_rows, training_variant
 from powertrain.flywheel.registry import trainer
-from powertrain.flywheel.scoring import Scoreboard
+from powertrain.flywheel.scoring import Scoreboard, score_variants
 from powertrain.store.datasets import ADMIN_OWNER
 from powertrain.store.db import Database
 from powertrain.store.finetune import HEARTBEAT_S, FineTuneStore, JobRecord
@@ -94,6 +95,27 @@ class FineTuning:
     @classmethod
     def of(cls, gateway: Gateway) -> FineTuning:
         return cls(gateway.config, gateway.database, gateway.tasks.registry)
+
+    async def score(
+        self,
+        gateway: Gateway,
+        job: JobRecord,
+        variants: list[str] | None = None,
+        *,
+        limit: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Scoreboard:
+        """Serve ``variants`` (default: the job's beside the one it was trained from) on
+        the test split and keep the scores on the job. Starts ``gateway`` and closes it,
+        in this event loop, which its trace writer and engines then belong to."""
+        wanted = list(dict.fromkeys(variants or [job.variant or "", job.params["variant"]]))
+        await gateway.start()
+        try:
+            board = await score_variants(gateway, job, wanted, limit=limit, progress=progress)
+        finally:
+            await gateway.aclose()
+        self.record_score(job.id, board)
+        return board
 
     def record_score(self, job_id: str, board: Scoreboard) -> JobRecord:
         """Keep the job's own score (and the base's, when scored beside it) on the job."""

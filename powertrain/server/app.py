@@ -32,6 +32,7 @@ from powertrain.server import (
     datasets_api,
     docs_assets,
     feedback_api,
+    finetune_api,
     keys_api,
     tasks_api,
 )
@@ -214,6 +215,7 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
     api_app.include_router(keys_api.router)
     api_app.include_router(feedback_api.router)
     api_app.include_router(datasets_api.router)
+    api_app.include_router(finetune_api.router)
     api_app.include_router(docs_assets.router)
     api_app.include_router(ui.router)  # the web UI: / and /ui/…
     hot = OpenAIRoutes(gateway, authenticator)

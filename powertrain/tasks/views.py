@@ -26,6 +26,10 @@ class VariantInfo(BaseModel):
     share: float = Field(description="Fraction of unpinned traffic this variant serves.")
     params: dict[str, Any]
     examples: int | None
+    added: bool = Field(
+        default=False,
+        description="Added by a fine-tuning job, not the task's definition.",
+    )
 
 
 class VersionInfo(BaseModel):
@@ -100,6 +104,7 @@ def summarize(task: LoadedTask, default_model: str) -> TaskSummary:
                 share=spec.weight / total,
                 params={**task.settings.params, **spec.params},
                 examples=spec.examples,
+                added=name in task.added_variants,
             )
         )
     return TaskSummary(
