@@ -281,6 +281,7 @@ class Call:
         text = "".join(parts)
         usage = last.usage or self._usage_of_partial(text)
         finish_reason = last.finish_reason or "stop"
+        self._note_confidence(last.confidence)
         self.finish(
             output=text,
             finish_reason=finish_reason,
@@ -334,7 +335,14 @@ class Call:
         )
         if result.compute_seconds is not None:
             self.compute_seconds = (self.compute_seconds or 0.0) + result.compute_seconds
+        self._note_confidence(result.confidence)
         return result
+
+    def _note_confidence(self, confidence: float | None) -> None:
+        """An engine's calibrated confidence in its answer goes in the trace (the last
+        attempt's, as the answer is)."""
+        if confidence is not None:
+            self.trace.metadata["confidence"] = round(confidence, 6)
 
     async def result(self) -> ChatResult:
         """The whole answer at once (not streamed)."""

@@ -27,8 +27,10 @@ DEFAULT_PLUGINS = (
     "powertrain.engines.openai",
     "powertrain.engines.anthropic",
     "powertrain.engines.sentence_transformers",
+    "powertrain.engines.classifier",
     "powertrain.guard.builtin",
     "powertrain.evals.assertions",
+    "powertrain.flywheel.classifier",
 )
 
 

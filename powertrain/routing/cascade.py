@@ -7,16 +7,23 @@ An answer is escalated to the next (dearer) model when, in this order:
 - ``confidence``: the answer's confidence is below ``min_confidence``;
 - ``guardrail``: the injected output guardrail objects to it.
 
-Confidence comes from the answer itself. When the result carries token
-log-probabilities (a ``logprobs`` attribute: one float per generated token)
-it is the geometric mean token probability, ``exp(mean(logprobs))``. No
-engine returns them yet (``ChatResult`` has no such field, and the chat
-request does not accept ``logprobs``), so today it is the model's own
-``confidence`` field (a number in [0, 1]) when the answer is a JSON object
-that has one, which a task's output schema can ask for. A self-reported
-score is a weak signal, especially from a small model: it is used only when
-nothing better exists, and an answer with neither is never escalated for
-confidence (the verdict says so in the trace).
+Confidence comes from the answer itself, the best signal first:
+
+- ``calibrated``: the result's own ``confidence`` (``ChatResult.confidence``),
+  a probability calibrated on predictions for examples the model was not
+  fitted on, which the ``classifier`` engine sets (the softmax of its
+  temperature-scaled logits);
+- ``logprobs``: when the result carries token log-probabilities (a
+  ``logprobs`` attribute: one float per generated token), the geometric mean
+  token probability, ``exp(mean(logprobs))``. No engine returns them yet (the
+  chat request does not accept ``logprobs``);
+- ``self_reported``: the model's own ``confidence`` field (a number in
+  [0, 1]) when the answer is a JSON object that has one, which a task's output
+  schema can ask for. A self-reported score is a weak signal, especially from
+  a small model: it is used only when nothing better exists.
+
+An answer with none of them is never escalated for confidence (the verdict
+says so in the trace).
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ class Verdict:
     accepted: bool
     reason: str | None = None  # why it was escalated
     confidence: float | None = None
-    confidence_source: str | None = None  # "logprobs" | "self_reported" | None
+    confidence_source: str | None = None  # "calibrated" | "logprobs" | "self_reported" | None
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"accepted": self.accepted}
@@ -82,6 +89,13 @@ def self_reported_confidence(text: str) -> float | None:
 
 def confidence_of(result: Any) -> tuple[float | None, str | None]:
     """``(confidence, source)`` of an engine result (see the module's docstring)."""
+    calibrated = getattr(result, "confidence", None)
+    if (
+        isinstance(calibrated, int | float)
+        and not isinstance(calibrated, bool)
+        and 0.0 <= calibrated <= 1.0
+    ):
+        return float(calibrated), "calibrated"
     logprobs = getattr(result, "logprobs", None)
     if logprobs:
         confidence = confidence_from_logprobs(logprobs)

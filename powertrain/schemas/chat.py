@@ -203,6 +203,9 @@ class ChatResult(BaseModel):
     compute_seconds: float | None = None  # local engines: time the model spent working
     reasoning: str | None = None  # a task's chain of thought, when the caller asked for it
     extra: dict[str, Any] | None = None  # powertrain's own fields (task, variant, version)
+    # A calibrated probability that the answer is right (a classifier's), for a cascade
+    # to escalate on; engines that cannot calibrate leave it None.
+    confidence: float | None = Field(default=None, ge=0, le=1)
 
     def to_openai(
         self, *, completion_id: str, model: str, created: int | None = None
@@ -239,6 +242,8 @@ class ChatChunk(BaseModel):
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
     compute_seconds: float | None = None
+    confidence: float | None = Field(default=None, ge=0, le=1)  # as ChatResult's, last chunk
+    extra: dict[str, Any] | None = None  # as ChatResult's; sent on the chunk that carries it
 
     def to_openai(
         self, *, completion_id: str, model: str, created: int, first: bool = False
@@ -248,7 +253,7 @@ class ChatChunk(BaseModel):
             delta["role"] = "assistant"
         if self.delta or first:
             delta["content"] = self.delta
-        return {
+        body: dict[str, Any] = {
             "id": completion_id,
             "object": "chat.completion.chunk",
             "created": created,
@@ -257,3 +262,6 @@ class ChatChunk(BaseModel):
                 {"index": 0, "delta": delta, "finish_reason": self.finish_reason, "logprobs": None}
             ],
         }
+        if self.extra:
+            body["powertrain"] = self.extra
+        return body

@@ -52,6 +52,9 @@ class TaskResult:
     cost: float
     attempts: int
     finish_reason: str = "stop"
+    # The engine's calibrated confidence and its own response fields (a classifier's).
+    confidence: float | None = None
+    engine_extra: dict[str, Any] | None = None
 
 
 @dataclass
@@ -354,7 +357,9 @@ class TaskRunner:
         if call.cache_slot is not None:  # the raw reply, so a hit parses it the same way
             stored = ChatResult(content=text, finish_reason=result.finish_reason, usage=call.usage)
             await call.cache_slot.store(call, stored)
-        return self._result(call, plan, parsed, result.finish_reason)
+        return self._result(
+            call, plan, parsed, result.finish_reason, result.confidence, result.extra
+        )
 
     def _from_cache(self, call: Call, plan: TaskPlan, hit: CacheHit) -> TaskResult:
         """A stored answer: it was validated when stored, under this same task version."""
@@ -368,7 +373,14 @@ class TaskRunner:
         return self._result(call, plan, parsed, answer.finish_reason)
 
     @staticmethod
-    def _result(call: Call, plan: TaskPlan, parsed: ParsedOutput, finish: str) -> TaskResult:
+    def _result(
+        call: Call,
+        plan: TaskPlan,
+        parsed: ParsedOutput,
+        finish: str,
+        confidence: float | None = None,
+        engine_extra: dict[str, Any] | None = None,
+    ) -> TaskResult:
         return TaskResult(
             output=parsed.output,
             reasoning=parsed.reasoning,
@@ -382,6 +394,8 @@ class TaskRunner:
             cost=call.trace.cost_usd,
             attempts=len(call.trace.attempts),
             finish_reason=finish,
+            confidence=confidence,
+            engine_extra=engine_extra,
         )
 
     def _repair_request(
@@ -448,8 +462,9 @@ class TaskChatCall(CallView):
         self.plan = plan
         self.include_reasoning = include_reasoning
 
-    def _extra(self) -> dict[str, Any]:
+    def _extra(self, engine_extra: dict[str, Any] | None = None) -> dict[str, Any]:
         return {
+            **(engine_extra or {}),
             "task": self.plan.task.name,
             "variant": self.plan.variant,
             "version": self.plan.version_number,
@@ -464,7 +479,8 @@ class TaskChatCall(CallView):
             finish_reason=outcome.finish_reason,  # type: ignore[arg-type]
             usage=outcome.usage,
             reasoning=outcome.reasoning if self.include_reasoning else None,
-            extra=self._extra(),
+            extra=self._extra(outcome.engine_extra),
+            confidence=outcome.confidence,
         )
 
     async def stream(self) -> AsyncIterator[ChatChunk]:
@@ -477,4 +493,10 @@ class TaskChatCall(CallView):
         # a stream cannot take back invalid JSON once the caller has it.
         result = await self.result()
         yield ChatChunk(delta=result.content)
-        yield ChatChunk(finish_reason=result.finish_reason, usage=result.usage)
+        yield ChatChunk(
+            finish_reason=result.finish_reason,
+            usage=result.usage,
+            confidence=result.confidence,
+            # powertrain's fields go on the stream only with a confidence to report.
+            extra=result.extra if result.confidence is not None else None,
+        )

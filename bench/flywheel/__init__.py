@@ -1,0 +1,1 @@
+"""Fine-tuning methods: what each costs and what it buys."""
