@@ -12,12 +12,12 @@ from powertrain.server.auth import Access, Authenticator, policy
 from powertrain.ui.render import STATIC_DIR, STATIC_FILES, UIRoute, page
 from powertrain.ui.session import (
     SESSION_COOKIE,
-    SESSION_SECONDS,
     Viewer,
     auth_enabled,
     check_csrf,
     current_session,
     read_fields,
+    set_cookie,
     signer_of,
 )
 
@@ -81,15 +81,7 @@ async def signin(request: Request) -> Response:
     assert signer is not None
     cookie, _session = signer.issue(principal.key_id)
     response = RedirectResponse(target, status_code=303)
-    response.set_cookie(
-        SESSION_COOKIE,
-        cookie,
-        max_age=SESSION_SECONDS,
-        path="/ui",
-        httponly=True,
-        samesite="strict",
-        secure=request.url.scheme == "https",
-    )
+    set_cookie(request, response, SESSION_COOKIE, cookie)
     return response
 
 

@@ -27,11 +27,11 @@ from powertrain.errors import PowertrainError
 from powertrain.server.auth import Principal
 from powertrain.ui.session import (
     CSRF_COOKIE,
-    SESSION_SECONDS,
     SignInRequired,
     anonymous_csrf,
     auth_enabled,
     csrf_token,
+    set_cookie,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -184,15 +184,7 @@ def _who(principal: Principal | None) -> str:
 def _set_new_csrf_cookie(request: Request, response: Response) -> None:
     fresh = getattr(request.state, "new_csrf_cookie", None)
     if fresh is not None:
-        response.set_cookie(
-            CSRF_COOKIE,
-            fresh,
-            max_age=SESSION_SECONDS,
-            path="/ui",
-            httponly=True,
-            samesite="strict",
-            secure=request.url.scheme == "https",
-        )
+        set_cookie(request, response, CSRF_COOKIE, fresh)
 
 
 def wants_html(request: Request) -> bool:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import parse_qs, urlsplit
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
 
 from powertrain.errors import AuthenticationError, InvalidRequest, PermissionDenied
 from powertrain.server.auth import ADMIN, ADMIN_KEY_ID, Access, Authenticator, Principal
@@ -122,6 +122,19 @@ def signer_of(request: Request) -> SessionSigner | None:
             return None
         signer = state.ui_signer = SessionSigner(admin_key)
     return signer
+
+
+def set_cookie(request: Request, response: Response, name: str, value: str) -> None:
+    """A UI cookie: script cannot read it, other sites never send it, ``Secure`` on https."""
+    response.set_cookie(
+        name,
+        value,
+        max_age=SESSION_SECONDS,
+        path="/ui",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
 
 
 def auth_enabled(request: Request) -> bool:
