@@ -138,9 +138,7 @@ def plan(
     )
 
 
-def train(
-    workdir: Path, *, progress: list[Progress] | None = None, **kwargs: Any
-) -> TrainedModel:
+def train(workdir: Path, *, progress: list[Progress] | None = None, **kwargs: Any) -> TrainedModel:
     reports = progress if progress is not None else []
     return ClassifierTrainer().train(plan(**kwargs), workdir, reports.append)
 

@@ -25,6 +25,7 @@ import json
 import re
 import time
 import unicodedata
+import zipfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from typing import Any, ClassVar
 import numpy as np
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from powertrain.catalog import ModelConfig
 from powertrain.engines.base import Capabilities, Engine
@@ -47,16 +48,9 @@ FORMAT_VERSION = 1
 MANIFEST_FILE = "classifier.json"
 WEIGHTS_FILE = "classifier.npz"
 TOP_K = 3  # labels listed with their probability in the response's ``powertrain`` field
-# The catalog fields an encoder is recreated from (never a key: ``api_key_env`` names one).
-ENCODER_FIELDS = (
-    "alias",
-    "engine",
-    "model",
-    "options",
-    "context_window",
-    "base_url",
-    "api_key_env",
-)
+# The catalog fields an encoder is recreated from. Never a key, a key's variable or a
+# base URL: a model directory someone hands over must not choose where prompts go.
+ENCODER_FIELDS = ("alias", "engine", "model", "options", "context_window")
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SCHEMA_CACHE_SIZE = 64
@@ -75,7 +69,18 @@ class ClassifierManifest(BaseModel):
     property: str = Field(min_length=1)
     labels: list[str] = Field(min_length=2)  # in the weights' row order
     dimensions: int = Field(ge=1)
-    encoder: dict[str, Any]  # a catalog entry (ENCODER_FIELDS)
+    encoder: dict[str, Any]  # a catalog entry: ENCODER_FIELDS only
+
+    @field_validator("encoder")
+    @classmethod
+    def _no_upstream(cls, value: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(value) - set(ENCODER_FIELDS))
+        if unknown:
+            raise ValueError(
+                f"encoder field {unknown[0]!r} is not accepted (only {', '.join(ENCODER_FIELDS)})"
+            )
+        return value
+
     input: str = "the last user message"
     settings: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
@@ -86,8 +91,7 @@ class ClassifierManifest(BaseModel):
 
 def encoder_entry(encoder: ModelConfig) -> dict[str, Any]:
     """The manifest's record of an encoder: what recreates it, and no secret."""
-    entry = encoder.model_dump(include=set(ENCODER_FIELDS))
-    return {k: v for k, v in entry.items() if v is not None or k == "model"}
+    return encoder.model_dump(include=set(ENCODER_FIELDS))
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -175,11 +179,16 @@ def load_classifier(directory: Path, *, where: str) -> tuple[ClassifierManifest,
 
 def _read_weights(path: Path, manifest: ClassifierManifest, where: str) -> ClassifierHead:
     try:
-        with np.load(path, allow_pickle=False) as arrays:
-            coef = np.asarray(arrays["coef"], dtype=np.float32)
-            intercept = np.asarray(arrays["intercept"], dtype=np.float32)
-            temperature = float(arrays["temperature"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        # Opened here, not by numpy: it leaks the handle of a file that is not a zip.
+        with path.open("rb") as handle:
+            arrays = np.load(handle, allow_pickle=False)
+            if not isinstance(arrays, np.lib.npyio.NpzFile):
+                raise ValueError("not an .npz archive")
+            with arrays:
+                coef = np.asarray(arrays["coef"], dtype=np.float32)
+                intercept = np.asarray(arrays["intercept"], dtype=np.float32)
+                temperature = float(arrays["temperature"])
+    except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
         raise ConfigError(f"{where} {path} is not a readable classifier ({exc})") from None
     labels, dims = len(manifest.labels), manifest.dimensions
     if coef.shape != (labels, dims) or intercept.shape != (labels,):
