@@ -31,6 +31,8 @@ DEFAULT_PLUGINS = (
     "powertrain.guard.builtin",
     "powertrain.evals.assertions",
     "powertrain.flywheel.classifier",
+    "powertrain.flywheel.lora",
+    "powertrain.flywheel.prompt_tuning",
 )
 
 
