@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
+from powertrain.catalog_sync import RegisteredModels
 from powertrain.cli._common import (
     config_option,
     console,
@@ -15,6 +16,8 @@ from powertrain.cli._common import (
 )
 from powertrain.config import url_password
 from powertrain.settings import Settings
+from powertrain.store import Database
+from powertrain.store.finetune import FineTuneStore
 
 _BUNDLED = {
     "llamacpp": "(bundled SmolLM2-135M-Instruct)",
@@ -27,9 +30,22 @@ _BUNDLED = {
 @json_option
 @friendly_errors
 def models(config_path: str | None, as_json: bool) -> None:
-    """List the model catalog: engine, model, context window, prices per 1M tokens."""
-    catalog = load(config_path).catalog
-    rows = [m.model_dump(exclude={"api_key", "options"}) for m in catalog]
+    """List the model catalog: engine, model, context window, prices per 1M tokens.
+
+    Models that fine-tuning registered in the store are listed too."""
+    config = load(config_path)
+    catalog = config.catalog
+    database = Database(config.settings.resolved_database_url)
+    try:
+        configured = {m.alias for m in catalog}
+        RegisteredModels(catalog, FineTuneStore(database)).load()
+        registered = {m.alias for m in catalog} - configured
+    finally:
+        database.dispose()
+    rows = [
+        {**m.model_dump(exclude={"api_key", "options"}), "registered": m.alias in registered}
+        for m in catalog
+    ]
     if as_json:
         print_json(rows)
         return
@@ -38,7 +54,7 @@ def models(config_path: str | None, as_json: bool) -> None:
         table.add_column(column, justify="right" if column.startswith("$") else "left")
     for m in catalog:
         table.add_row(
-            m.alias,
+            m.alias + (" [dim](fine-tuned)[/dim]" if m.alias in registered else ""),
             m.engine,
             m.model or _BUNDLED.get(m.engine, "(bundled)"),
             str(m.context_window or "?"),

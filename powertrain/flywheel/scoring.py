@@ -129,7 +129,9 @@ async def score_variants(
     scores = {}
     for variant in variants:
         mine = [r for r in results if r.target == f"task:{job.task}@{variant}"]
-        model = specs[variant].model if variant in specs else None
+        spec = specs.get(variant)
+        model = (spec.model if spec else None) or task.settings.model
+        model = model or gateway.config.settings.default_model
         scores[variant] = await _score(gateway, variant, model, mine)
     return Scoreboard(run_id=run.id, split=split, variants=scores)
 

@@ -24,6 +24,11 @@ from powertrain.gateway import Gateway
 from powertrain.store.finetune import JobRecord
 
 
+# The children this process started, kept so they are reaped (``poll``) rather than left
+# as zombies, and so a handle is never collected while its child still runs.
+_children: set[subprocess.Popen[bytes]] = set()
+
+
 def spawn(
     job: JobRecord,
     workdir: Path,
@@ -53,6 +58,8 @@ def spawn(
             start_new_session=True,  # a signal to the server's group does not reach it
             env=dict(os.environ),
         )
+    _children.difference_update({c for c in _children if c.poll() is not None})
+    _children.add(child)
     return child.pid
 
 
