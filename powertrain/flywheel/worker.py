@@ -23,7 +23,6 @@ from powertrain.flywheel.jobs import FineTuning
 from powertrain.gateway import Gateway
 from powertrain.store.finetune import JobRecord
 
-
 # The children this process started, kept so they are reaped (``poll``) rather than left
 # as zombies, and so a handle is never collected while its child still runs.
 _children: set[subprocess.Popen[bytes]] = set()
