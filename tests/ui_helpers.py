@@ -1,17 +1,24 @@
-"""A small browser-like client for the UI tests: cookies, forms, the page's CSRF token."""
+"""A small browser-like client for the UI tests: cookies, forms, the page's CSRF token; and a
+sentiment task with job records for the fine-tuning pages."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from powertrain.config import Config
 from powertrain.server.app import PowertrainApp
+from powertrain.store.finetune import FineTuneStore, JobRecord
+from powertrain.store.splits import SplitStore
 from tests.conftest import serving
+from tests.fakes import FakeOpenAI
+from tests.keys_helpers import ADMIN, keyed_config
 
 _CSRF = re.compile(r'<meta name="csrf-token" content="([^"]*)">')
 
@@ -92,3 +99,103 @@ async def second_browser(first: Browser) -> AsyncIterator[Browser]:
     """Another person on the same server (its own cookies)."""
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
         yield Browser(http, first.url, first.app)
+
+
+# -- fine-tuning: a small sentiment task and a labelled set a classifier learns in seconds ----
+SENTIMENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"sentiment": {"type": "string", "enum": ["positive", "negative"]}},
+    "required": ["sentiment"],
+}
+_SUBJECTS = ("The phone", "This blender", "The headphones", "My new laptop", "The delivery")
+_SUBJECTS += ("This jacket",)
+_SAID = {
+    "positive": (
+        "is wonderful, I love it",
+        "works perfectly every day",
+        "exceeded all my expectations",
+        "is great value for the money",
+        "made me very happy",
+    ),
+    "negative": (
+        "broke after a single day",
+        "is a total waste of money",
+        "stopped working within a week",
+        "arrived damaged and useless",
+        "made me really angry",
+    ),
+}
+
+
+def sentiment_rows() -> list[dict[str, Any]]:
+    """60 short reviews, half of each label, as dataset rows (``vars`` and ``expected``)."""
+    return [
+        {"vars": {"review": f"{subject} {phrase}."}, "expected": {"sentiment": label}}
+        for label, phrases in _SAID.items()
+        for subject in _SUBJECTS
+        for phrase in phrases
+    ]
+
+
+SENTIMENT_TASK = """
+[tasks.sentiment]
+system = "Classify the sentiment of the review."
+user = "Review: {{ review }}"
+variables = { review = "string" }
+model = "cheap"
+[tasks.sentiment.output]
+schema_file = "sentiment.schema.json"
+[tasks.sentiment.variants.base]
+weight = 1
+"""
+
+
+@asynccontextmanager
+async def sentiment_ui(tmp_path: Path, *, reply: str | None = None) -> AsyncIterator[Browser]:
+    """The admin signed in on a server with task ``sentiment`` (variant ``base`` on the fake
+    upstream model ``cheap``)."""
+    (tmp_path / "sentiment.schema.json").write_text(json.dumps(SENTIMENT_SCHEMA))
+    async with FakeOpenAI(reply=reply) as upstream:
+        async with browsing(keyed_config(tmp_path, upstream.url, extra=SENTIMENT_TASK)) as web:
+            await web.sign_in(ADMIN)
+            yield web
+
+
+def job_record(
+    web: Browser,
+    *,
+    status: str = "succeeded",
+    method: str = "lora",
+    dataset: str = "reviews",
+    dataset_version: int = 1,
+    variant: str | None = None,
+    add_variant: bool = False,
+    settings: dict[str, Any] | None = None,
+    **values: Any,
+) -> JobRecord:
+    """A job of task ``sentiment`` as a worker leaves it (``values``: any column); with
+    ``add_variant``, its variant is added to the task as a finished job adds it."""
+    store = FineTuneStore(web.app.gateway.database)
+    job = store.create_job(
+        task="sentiment",
+        owner="",
+        dataset=dataset,
+        dataset_version=dataset_version,
+        method=method,
+        base_model="cheap",
+        params={
+            "variant": "base",
+            "encoder": "minilm",
+            "seed": 0,
+            "settings": {"epochs": 2} if settings is None else settings,
+            "limit": None,
+        },
+    )
+    store.update_job(job.id, status=status, variant=variant, **values)
+    if add_variant and variant is not None:
+        spec = {"model": values.get("model_alias") or "cheap", "version": 1, "params": {}}
+        SplitStore(web.app.gateway.database).add_variant("sentiment", variant, spec, source=job.id)
+        web.app.gateway.tasks.registry.invalidate("sentiment")
+    found = store.get_job(job.id)
+    assert found is not None
+    return found

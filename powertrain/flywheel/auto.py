@@ -16,6 +16,8 @@ from typing import Any
 
 from powertrain.errors import InvalidRequest
 from powertrain.flywheel.base import Trainer
+from powertrain.flywheel.compare import TIE as TIE  # the rule lives in compare.py
+from powertrain.flywheel.compare import choose
 from powertrain.flywheel.jobs import FineTuneRequest, FineTuning
 from powertrain.flywheel.registry import trainer_classes
 from powertrain.flywheel.scoring import Scoreboard, VariantScore
@@ -23,8 +25,6 @@ from powertrain.store.finetune import JobRecord
 
 # Cheapest first; methods a plugin adds come after these, by name.
 _ORDER = ("classifier", "lora", "prompt-tuning")
-# Accuracy within this of the best counts as a tie, broken by the cost of serving.
-TIE = 0.01
 
 
 @dataclass
@@ -87,18 +87,12 @@ def recommend(
         for o in outcomes
         if o.variant is not None and o.variant in board.variants
     ]
-    if not scored:
+    choice = choose(scored, price_per_hour)  # the same rule as the UI's comparison
+    if choice is None:
         return None
-    best = max(score.accuracy for _, score in scored)
-    close = [(o, s) for o, s in scored if s.accuracy >= best - TIE]
-    outcome, score = min(close, key=lambda pair: pair[1].cost_per_1k(price_per_hour))
+    outcome = choice.item
     assert outcome.variant is not None
-    why = f"{score.accuracy:.1%} on {score.cases} test rows"
-    if len(close) > 1:
-        why += f", the cheapest to serve of the {len(close)} within {TIE:.0%} of the best"
-    else:
-        why += ", the most accurate"
-    return Recommendation(outcome.method, outcome.variant, why)
+    return Recommendation(outcome.method, outcome.variant, choice.why)
 
 
 def request_for(request: FineTuneRequest, method: str, settings: dict[str, Any]) -> FineTuneRequest:

@@ -28,6 +28,7 @@ class Series:
     name: str
     color: int  # index into the stylesheet's series colours (.s0 … .s7)
     points: list[Point]
+    dots: bool = True  # a marker (with its tooltip) on every point
 
     @property
     def polyline(self) -> str:
@@ -149,3 +150,68 @@ def bucket_starts(since: datetime, until: datetime, bucket_seconds: int) -> list
     first = int(since.timestamp()) // bucket_seconds
     last = int(until.timestamp()) // bucket_seconds
     return [datetime.fromtimestamp(b * bucket_seconds, UTC) for b in range(first, last + 1)]
+
+
+def _x_steps(low: float, high: float) -> list[float]:
+    """About five round step numbers from ``low`` to ``high`` for the x axis."""
+    if high <= low:
+        return [low]
+    step = _nice_ceiling((high - low) / 5)
+    first = -(-low // step) * step
+    count = int((high - first) // step) + 1
+    return [first + i * step for i in range(count)]
+
+
+def step_chart(
+    title: str,
+    curves: dict[str, list[list[float]]],
+    *,
+    fmt: Callable[[float], str],
+    dots: Sequence[str] = (),
+    max_points: int = 400,
+) -> LineChart:
+    """Values by training step (a loss curve): every curve on one pair of axes, x from the
+    first step to the last, y from 0. Curves named in ``dots`` get a marker per point;
+    longer curves are thinned to ``max_points`` for drawing (the last point kept)."""
+    plot_w = WIDTH - LEFT - RIGHT
+    plot_h = HEIGHT - TOP - BOTTOM
+    shown = {name: _thinned(points, max_points) for name, points in curves.items() if points}
+    steps = [p[0] for points in shown.values() for p in points]
+    low, high = (min(steps), max(steps)) if steps else (0.0, 1.0)
+    top = _nice_ceiling(max((p[1] for points in shown.values() for p in points), default=0.0))
+
+    def x_of(step: float) -> float:
+        return LEFT + plot_w * ((step - low) / (high - low) if high > low else 0.5)
+
+    def y_of(v: float) -> float:
+        return TOP + plot_h * (1 - max(0.0, v) / top)
+
+    series = []
+    for n, name in enumerate(curves):  # colours by position, so a curve keeps its colour
+        points = shown.get(name)
+        if not points:
+            continue
+        drawn = [
+            Point(x_of(step), y_of(value), f"{name} · step {step:g} · {fmt(value)}")
+            for step, value in points
+        ]
+        series.append(Series(name, n % MAX_SERIES, drawn, dots=name in dots or len(drawn) == 1))
+    return LineChart(
+        title=title,
+        width=WIDTH,
+        height=HEIGHT,
+        plot_left=LEFT,
+        plot_right=WIDTH - RIGHT,
+        plot_top=TOP,
+        plot_bottom=HEIGHT - BOTTOM,
+        series=series,
+        y_ticks=[Tick(y_of(top * f), fmt(top * f)) for f in (0, 0.25, 0.5, 0.75, 1)],
+        x_ticks=[Tick(x_of(s), f"{s:g}") for s in _x_steps(low, high)],
+    )
+
+
+def _thinned(points: list[list[float]], limit: int) -> list[list[float]]:
+    if len(points) <= limit:
+        return points
+    every = len(points) / limit
+    return [*(points[int(i * every)] for i in range(limit - 1)), points[-1]]

@@ -67,6 +67,7 @@ NAV: list[NavEntry] = [
     NavEntry("/ui/evals", "Eval runs", admin_only=True),
     NavEntry("/ui/datasets", "Datasets"),
     NavEntry("/ui/annotate", "Annotation queue"),
+    NavEntry("/ui/finetunes", "Fine-tunes", admin_only=True),
 ]
 
 
@@ -87,6 +88,18 @@ def duration_ms(value: float | None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
     return f"{value:,.0f} ms" if value < 10_000 else f"{value / 1000:,.1f} s"
+
+
+def seconds(value: float | None) -> str:
+    """A duration of seconds to hours: ``8.2 s``, ``4 min 05 s``, ``2 h 03 min``."""
+    if value is None:
+        return "—"
+    if value < 60:
+        return f"{value:.1f} s"
+    minutes, secs = divmod(round(value), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 def when(value: datetime | None) -> str:
@@ -125,6 +138,7 @@ def _environment() -> Environment:
     env.filters.update(
         usd=usd,
         ms=duration_ms,
+        seconds=seconds,
         when=when,
         pretty=pretty,
         clip=clip,

@@ -206,6 +206,63 @@
     });
   }
 
+  // -- a fine-tuning job: follow its progress until it ends -----------------------------------
+  if (page === "finetune") {
+    const box = document.getElementById("progress");
+    if (box && box.dataset.poll) {
+      const initial = box.dataset.status;
+      const loadedAt = Date.now();
+      // A resumed job still reads failed/cancelled until its new worker claims it.
+      const resumed = initial === "failed" || initial === "cancelled";
+      const note = document.getElementById("progress-note");
+      let points = Number(box.dataset.points || 0);
+      let polls = 0;
+      const short = (value) =>
+        typeof value === "number" ? String(Number(value.toPrecision(4))) : String(value);
+
+      function show(job) {
+        const p = job.progress || {};
+        document.getElementById("progress-phase").textContent = p.phase || job.status;
+        document.getElementById("progress-count").textContent =
+          p.total ? p.step + " / " + p.total : "";
+        const fill = box.querySelector("svg.bar .fill");
+        if (fill && p.total) fill.setAttribute("width", String((100 * p.step) / p.total));
+        const metrics = Object.entries(p.metrics || {})
+          .sort(([a], [b]) => (a < b ? -1 : 1))
+          .map(([name, value]) => name + " " + short(value));
+        document.getElementById("progress-metrics").textContent = metrics.join(" · ");
+      }
+
+      async function poll() {
+        polls += 1;
+        try {
+          const response = await fetch(box.dataset.poll, {
+            credentials: "same-origin",
+            headers: { accept: "application/json" },
+          });
+          if (!response.ok) throw new Error("HTTP " + response.status);
+          const job = await response.json();
+          // A new status, or new loss points (at most every 15 s): the page shows them.
+          const grown = job.points !== points && Date.now() - loadedAt > 15000;
+          if (job.status !== initial || grown) {
+            window.location.reload();
+            return;
+          }
+          points = job.points;
+          show(job);
+        } catch (error) {
+          note.textContent = "could not refresh: " + error.message;
+        }
+        if (resumed && polls >= 30) {
+          note.textContent = "No worker has picked the job up in a minute: see worker.log below.";
+          return;
+        }
+        setTimeout(poll, 2000);
+      }
+      setTimeout(poll, 2000);
+    }
+  }
+
   // -- annotation queue: keyboard-driven feedback ---------------------------------------------
   if (page === "annotate") {
     const items = Array.from(document.querySelectorAll(".qitem"));
