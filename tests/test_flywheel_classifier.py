@@ -86,7 +86,7 @@ async def test_it_trains_scores_writes_and_is_deterministic(tmp_path: Path) -> N
         "alias": "minilm",
         "engine": "sentence-transformers",
         "model": None,
-        "options": {},
+        "options": {"n_threads": 1},
         "context_window": 256,
     }
     assert "last user message" in manifest["input"]

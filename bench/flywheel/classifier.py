@@ -11,7 +11,11 @@ layer does. Then the trained model is served by the ``classifier`` engine,
 called directly (no HTTP), one call at a time over the held-out messages:
 calls/s, and per-call model time split into the encoder and the head.
 
-    nice -n 5 .venv/bin/python -m bench.flywheel.classifier [--train 3000] [--json -]
+The encoder runs on ``--threads`` torch threads (default 1: "on one core"; on
+a machine whose cores are busy with other work, two threads were measured 5 to
+8 times slower than one). The load average is recorded with the results.
+
+    nice -n 5 .venv/bin/python -m bench.flywheel.classifier [--train 3000] [--threads 1] [--json -]
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import asyncio
 import csv
 import hashlib
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -61,7 +66,7 @@ def sample(rows: list[tuple[str, str]], held: list[int], n: int, seed: int) -> l
     return sorted((i for i in range(len(rows)) if i not in excluded), key=rank)[:n]
 
 
-def plan_for(train_rows: list[int], test_rows: list[int], seed: int) -> TrainingPlan:
+def plan_for(train_rows: list[int], test_rows: list[int], seed: int, threads: int) -> TrainingPlan:
     config = load_config(EXAMPLE / "powertrain.toml")
     task = config.tasks[TASK]
     version = task.version
@@ -79,7 +84,7 @@ def plan_for(train_rows: list[int], test_rows: list[int], seed: int) -> Training
         task_version=1,
         variant=VARIANT,
         base=BUNDLED_MODEL,
-        encoder=BUNDLED_EMBEDDING_MODEL,
+        encoder=BUNDLED_EMBEDDING_MODEL.model_copy(update={"options": {"n_threads": threads}}),
         train=[example(i, "train") for i in train_rows],
         test=[example(i, "test") for i in test_rows],
         output_schema=version.output_schema,
@@ -125,9 +130,10 @@ async def serve(directory: str, texts: list[str], intents: list[str]) -> dict[st
     }
 
 
-def measure(n_train: int, seed: int) -> dict[str, Any]:
+def measure(n_train: int, seed: int, threads: int) -> dict[str, Any]:
     rows, held = load_rows()
-    plan = plan_for(sample(rows, held, n_train, seed), held, seed)
+    plan = plan_for(sample(rows, held, n_train, seed), held, seed, threads)
+    load_before = os.getloadavg()[0]
     phases: dict[str, float] = {}
 
     def progress(report: Progress) -> None:
@@ -149,6 +155,8 @@ def measure(n_train: int, seed: int) -> dict[str, Any]:
         "train_messages": m["train_examples"],
         "test_messages": m["test_examples"],
         "seed": seed,
+        "encoder_threads": threads,
+        "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "test_accuracy": m["test_accuracy"],
         "test_macro_f1": m["test_macro_f1"],
         "ece_uncalibrated": m["test_ece_uncalibrated"],
@@ -169,9 +177,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train", type=int, default=3000, help="training messages")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="the encoder's torch threads")
     add_json_option(parser)
     args = parser.parse_args()
-    document = measure(args.train, args.seed)
+    document = measure(args.train, args.seed, args.threads)
 
     def table() -> str:
         lines = ["| measure | value |", "|---|---|"]

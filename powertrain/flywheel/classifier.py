@@ -81,7 +81,7 @@ class ClassifierSettings(TrainerSettings):
 
 @dataclass(frozen=True)
 class _Rows:
-    """One split as the head sees it: texts and label indices (-1: a label train lacks)."""
+    """One split as the head sees it: the texts and their labels, in order."""
 
     texts: list[str]
     labels: list[str]
@@ -126,7 +126,8 @@ class ClassifierTrainer(Trainer):
                 f"the classifier method cannot train task {plan.task!r}: {self.applicable(plan)}"
             )
         train, test = _rows(plan.train, choice), _rows(plan.test, choice)
-        known = [label for label in choice.labels if label in set(train.labels)]
+        present = set(train.labels)
+        known = [label for label in choice.labels if label in present]  # the schema's order
         if len(known) < 2:
             raise InvalidRequest(
                 f"the classifier method needs train examples of at least two labels; the "
