@@ -16,6 +16,11 @@ and ``{"confidence": p, "top": [[label, p], …]}`` in the response's
 labels it accepts, and is refused when it accepts none. ``temperature``,
 ``max_tokens``, ``stop`` and the earlier messages are ignored: the reply is
 the most probable label, always.
+
+The encoder runs where its engine runs it (sentence-transformers: its worker
+thread). The head runs on the event loop: a (labels x 384) product and a
+softmax, measured at 0.16 ms a call for 77 labels, reply included, which is
+less than a hop to a thread would cost.
 """
 
 from __future__ import annotations
