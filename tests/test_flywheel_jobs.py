@@ -21,17 +21,20 @@ from openai import AsyncOpenAI
 
 from powertrain.cli import main as cli
 from powertrain.config import Config
-from powertrain.datasets import Datasets, row_from_object
 from powertrain.errors import Conflict, InvalidRequest, NotFound, TaskNotFound
-from powertrain.flywheel.jobs import FineTuneRequest, FineTuning
-from powertrain.gateway import Gateway
+from powertrain.flywheel.jobs import FineTuneRequest
 from powertrain.store.finetune import FineTuneStore
-from tests.classifier_helpers import INTENTS, messages_by_intent, needs_data, task_toml
-from tests.conftest import config_from, running_app
+from tests.classifier_helpers import INTENTS, needs_data
+from tests.conftest import running_app
+from tests.flywheel_helpers import intents_config, rows
+from tests.flywheel_helpers import service as service_of
 
 pytestmark = needs_data
 
-PER_INTENT = 8  # six train, two test per intent with this split's seed (checked below)
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    return intents_config(tmp_path)
 
 
 async def _call(
@@ -41,48 +44,10 @@ async def _call(
         return response.status, await response.json()
 
 
-def _rows() -> list[Any]:
-    texts = messages_by_intent()
-    return [
-        row_from_object({"vars": {"text": text}, "expected": {"intent": intent}}, "test")
-        for intent in INTENTS
-        for text in texts[intent][:PER_INTENT]
-    ]
-
-
-TASK = """
-[tasks.intents]
-system = "Sort the bank customer's message by intent."
-user = "{{ text }}"
-variables = { text = "string" }
-
-[tasks.intents.output]
-schema_file = "intents.schema.json"
-instructions = false
-
-[tasks.intents.variants.llm]
-weight = 1
-"""
-
-
-@pytest.fixture
-def config(tmp_path: Path) -> Config:
-    task_toml(tmp_path)  # writes the schema file beside the config
-    return config_from(tmp_path, TASK)
-
-
-def _service(config: Config) -> tuple[Gateway, FineTuning]:
-    gateway = Gateway(config)
-    gateway.tasks.registry.sync_config()
-    datasets = Datasets(gateway.database, gateway.tasks.registry)
-    datasets.create("", "intents-data", _rows(), test_fraction=0.25, seed=3)
-    return gateway, FineTuning.of(gateway)
-
-
 def test_a_job_trains_registers_a_model_and_adds_a_variant_with_no_traffic(
     config: Config,
 ) -> None:
-    gateway, service = _service(config)
+    gateway, service = service_of(config)
     seen: list[str] = []
     job = service.create(
         FineTuneRequest(task="intents", dataset="intents-data", method="classifier")
@@ -94,7 +59,7 @@ def test_a_job_trains_registers_a_model_and_adds_a_variant_with_no_traffic(
     assert done.status == "succeeded", done.error
     assert done.model_alias == "classifier:intents-v1" and done.variant == "classifier-v1"
     assert {"embed", "fit"} <= set(seen)
-    assert done.metrics["train_examples"] + done.metrics["test_examples"] == len(_rows())
+    assert done.metrics["train_examples"] + done.metrics["test_examples"] == len(rows())
     assert done.metrics["test_accuracy"] > 0.5  # chance is 1/12
     assert done.duration_s is not None and done.duration_s > 0 and done.finished_at is not None
     assert Path(done.workdir or "", "classifier", "classifier.json").is_file()
@@ -121,7 +86,7 @@ def test_a_job_trains_registers_a_model_and_adds_a_variant_with_no_traffic(
 def test_requests_a_job_cannot_serve_are_refused_before_any_work(
     config: Config, tmp_path: Path
 ) -> None:
-    gateway, service = _service(config)
+    gateway, service = service_of(config)
 
     def refused(**fields: Any) -> str:
         base: dict[str, Any] = {
@@ -146,7 +111,7 @@ def test_requests_a_job_cannot_serve_are_refused_before_any_work(
 
 
 def test_a_cancelled_job_is_recorded_and_resumes(config: Config) -> None:
-    gateway, service = _service(config)
+    gateway, service = service_of(config)
     job = service.create(
         FineTuneRequest(task="intents", dataset="intents-data", method="classifier")
     )
@@ -160,7 +125,7 @@ def test_a_cancelled_job_is_recorded_and_resumes(config: Config) -> None:
 
 
 def test_a_failing_trainer_leaves_a_failed_job_naming_why(config: Config) -> None:
-    gateway, service = _service(config)
+    gateway, service = service_of(config)
     job = service.create(
         FineTuneRequest(
             task="intents", dataset="intents-data", method="classifier", encoder="smollm2"
@@ -179,7 +144,7 @@ async def test_the_tuned_variant_serves_through_the_sdk_and_is_promoted_over_htt
 ) -> None:
     # The server starts before the model exists: it finds the registration on its own.
     async with running_app(config) as url, AsyncOpenAI(base_url=f"{url}/v1", api_key="-") as sdk:
-        gateway, service = await asyncio.to_thread(_service, config)
+        gateway, service = await asyncio.to_thread(service_of, config)
         job = await asyncio.to_thread(
             service.create,
             FineTuneRequest(task="intents", dataset="intents-data", method="classifier"),
@@ -236,7 +201,7 @@ async def test_the_tuned_variant_serves_through_the_sdk_and_is_promoted_over_htt
 
 
 async def test_the_http_api_trains_in_a_worker_process(config: Config) -> None:
-    await asyncio.to_thread(lambda: _service(config)[0].database.dispose())
+    await asyncio.to_thread(lambda: service_of(config)[0].database.dispose())
     async with running_app(config) as url, aiohttp.ClientSession(base_url=url) as http:
         jobs = "/api/finetune/jobs"
         status, refused = await _call(
@@ -274,7 +239,7 @@ async def test_the_http_api_trains_in_a_worker_process(config: Config) -> None:
 
 
 def test_the_cli_trains_lists_shows_and_promotes(config: Config, tmp_path: Path) -> None:
-    _service(config)[0].database.dispose()
+    service_of(config)[0].database.dispose()
     runner = CliRunner()
     assert config.path is not None
     where = ["--config", str(config.path)]

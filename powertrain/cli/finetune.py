@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -39,17 +38,9 @@ from powertrain.cli._finetune_view import (
 )
 from powertrain.config import Config
 from powertrain.errors import InvalidRequest, PowertrainError
-from powertrain.flywheel.auto import (
-    MethodOutcome,
-    candidate_methods,
-    parse_duration,
-    recommend,
-    request_for,
-    settings_within,
-)
+from powertrain.flywheel.auto import MethodOutcome, parse_duration, recommend, run_methods
 from powertrain.flywheel.base import Progress as TrainProgress
 from powertrain.flywheel.jobs import FineTuneRequest, FineTuning
-from powertrain.flywheel.registry import trainer
 from powertrain.flywheel.scoring import Scoreboard
 from powertrain.flywheel.views import job_json
 from powertrain.gateway import Gateway
@@ -226,37 +217,12 @@ def _auto(
     out: Console,
     as_json: bool,
 ) -> None:
-    started = time.monotonic()
-    outcomes = candidate_methods(service, request)
-    pending = [o for o in outcomes if o.status == "pending"]
-    if not pending:
-        reasons = "; ".join(f"{o.method}: {o.reason}" for o in outcomes)
-        raise InvalidRequest(f"no fine-tuning method applies: {reasons}")
-    for index, outcome in enumerate(pending):
-        left = budget - (time.monotonic() - started)
-        if left <= 0:
-            outcome.status, outcome.reason = "skipped", "the time budget was spent"
-            continue
-        share = left / (len(pending) - index)
-        settings = {**settings_within(trainer(outcome.method), share), **request.settings}
-        try:
-            job = service.create(request_for(request, outcome.method, settings))
-        except InvalidRequest as exc:  # e.g. a shared --set this method does not take
-            outcome.status, outcome.reason = "not applicable", exc.message
-            continue
-        outcome.job = job
-        out.print(f"job [bold]{job.id}[/bold]: {outcome.method}")
-        try:
-            outcome.job = _train(service, job, out, resume=False)
-            outcome.status = "succeeded"
-        except KeyboardInterrupt:
-            raise
-        except PowertrainError as exc:
-            outcome.status, outcome.reason = "failed", exc.message
-        except Exception as exc:
-            outcome.status, outcome.reason = "failed", f"{type(exc).__name__}: {exc}"
-        if outcome.job is not None:
-            outcome.job = service.get(outcome.job.id)
+
+    def train(job: JobRecord) -> JobRecord:
+        out.print(f"job [bold]{job.id}[/bold]: {job.method}")
+        return _train(service, job, out, resume=False)
+
+    outcomes = run_methods(service, request, budget, train)
     tuned = [o for o in outcomes if o.variant is not None]
     board = None
     if tuned and options.get("score", True):

@@ -11,15 +11,17 @@ of reaching for the heaviest tool first.
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from powertrain.errors import InvalidRequest
+from powertrain.errors import InvalidRequest, PowertrainError
 from powertrain.flywheel.base import Trainer
 from powertrain.flywheel.compare import TIE as TIE  # the rule lives in compare.py
 from powertrain.flywheel.compare import choose
 from powertrain.flywheel.jobs import FineTuneRequest, FineTuning
-from powertrain.flywheel.registry import trainer_classes
+from powertrain.flywheel.registry import trainer, trainer_classes
 from powertrain.flywheel.scoring import Scoreboard, VariantScore
 from powertrain.store.finetune import JobRecord
 
@@ -60,11 +62,61 @@ def candidate_methods(service: FineTuning, request: FineTuneRequest) -> list[Met
     return outcomes
 
 
-def settings_within(method: Trainer, seconds: float) -> dict[str, Any]:
-    """A time limit for a method whose settings take one (``max_seconds``)."""
-    if "max_seconds" in method.settings_model.model_fields:
-        return {"max_seconds": max(1.0, seconds)}
-    return {}
+def settings_for(method: Trainer, shared: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """The shared ``--set`` values this method takes, and its share of the time budget
+    when its settings take a limit (``max_seconds``)."""
+    known = method.settings_model.model_fields
+    settings = {name: value for name, value in shared.items() if name in known}
+    if "max_seconds" in known and "max_seconds" not in settings:
+        settings["max_seconds"] = max(1.0, seconds)
+    return settings
+
+
+def run_methods(
+    service: FineTuning,
+    request: FineTuneRequest,
+    budget: float,
+    train: Callable[[JobRecord], JobRecord],
+    *,
+    clock: Callable[[], float] = time.monotonic,
+) -> list[MethodOutcome]:
+    """Train every applicable method in turn within ``budget`` seconds (``train`` runs one
+    job: the caller's progress display wraps ``FineTuning.run``)."""
+    outcomes = candidate_methods(service, request)
+    pending = [o for o in outcomes if o.status == "pending"]
+    if not pending:
+        reasons = "; ".join(f"{o.method}: {o.reason}" for o in outcomes)
+        raise InvalidRequest(f"no fine-tuning method applies: {reasons}")
+    ignored = set(request.settings) - {
+        name for o in pending for name in trainer(o.method).settings_model.model_fields
+    }
+    if ignored:
+        raise InvalidRequest(
+            f"no applicable method takes the setting(s) {', '.join(sorted(ignored))}"
+        )
+    started = clock()
+    for index, outcome in enumerate(pending):
+        left = budget - (clock() - started)
+        if left <= 0:
+            outcome.status, outcome.reason = "skipped", "the time budget was spent"
+            continue
+        method = trainer(outcome.method)
+        share = left / (len(pending) - index)
+        job = service.create(
+            request_for(request, outcome.method, settings_for(method, request.settings, share))
+        )
+        outcome.job = job
+        try:
+            outcome.job = train(job)
+            outcome.status = "succeeded"
+        except KeyboardInterrupt:
+            raise
+        except PowertrainError as exc:
+            outcome.status, outcome.reason = "failed", exc.message
+        except Exception as exc:  # one method's crash must not lose the others' results
+            outcome.status, outcome.reason = "failed", f"{type(exc).__name__}: {exc}"
+        outcome.job = service.get(job.id)
+    return outcomes
 
 
 def parse_duration(text: str) -> float:
