@@ -27,6 +27,7 @@ DEFAULT_PLUGINS = (
     "powertrain.engines.openai",
     "powertrain.engines.anthropic",
     "powertrain.engines.sentence_transformers",
+    "powertrain.engines.transformers",
     "powertrain.engines.classifier",
     "powertrain.guard.builtin",
     "powertrain.evals.assertions",

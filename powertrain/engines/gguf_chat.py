@@ -76,3 +76,16 @@ class GGUFChat:
     def detokenize(self, tokens: Sequence[int]) -> str:
         with self._lock:
             return bytes(self.llm.detokenize(list(tokens))).decode("utf-8", errors="replace")
+
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes one generated token writes; a character may span several tokens, so a
+        streaming decoder joins them (special tokens write nothing, as when llama.cpp serves)."""
+        with self._lock:
+            return bytes(self.llm.detokenize([token]))
+
+    def end_of_generation_ids(self) -> frozenset[int]:
+        """Every token that ends a reply (end of turn, end of text), as llama.cpp stops on."""
+        from llama_cpp import llama_vocab_is_eog
+
+        vocab = self.llm._model.vocab
+        return frozenset(t for t in range(self.llm.n_vocab()) if llama_vocab_is_eog(vocab, t))

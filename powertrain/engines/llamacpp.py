@@ -13,24 +13,19 @@ import asyncio
 import functools
 import json
 import os
-import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
 from powertrain.catalog import ModelConfig
+from powertrain.engines._local_chat import LocalChatEngine, Sampling, SharedModels, stop_strings
 from powertrain.engines._local_worker import Job, LocalWorker
-from powertrain.engines.base import Capabilities, Engine
+from powertrain.engines.base import Capabilities
 from powertrain.engines.bundled import smollm2_path
 from powertrain.engines.gguf_chat import GGUFChat
 from powertrain.errors import ConfigError, EngineUnavailable, InvalidRequest
 from powertrain.plugins import hookimpl
-from powertrain.schemas import ChatChunk, ChatCompletionRequest, ChatResult, Usage
-
-# Sampling defaults for small local models when neither the request nor the
-# catalog sets them; OpenAI's own defaults (temperature 1, no top-k / min-p)
-# make a 135M model ramble.
-LOCAL_SAMPLING_DEFAULTS: dict[str, float] = {"temperature": 0.8, "top_p": 0.95}
+from powertrain.schemas import ChatCompletionRequest
 
 
 class LoadedModel:
@@ -56,7 +51,6 @@ class LoadedModel:
         self.chat = GGUFChat(self.llm, path.name)
         self.eos_text = self.chat.eos_text
         self.worker = LocalWorker(path.stem, queue_size)
-        self.users = 0
         # llama.cpp pads its context up to a multiple of 256, but llama-cpp-python sizes
         # its token buffers to the number asked for: that number is the real window.
         self.n_ctx = min(int(self.llm.n_ctx()), n_ctx)
@@ -69,32 +63,14 @@ class LoadedModel:
         self.llm.close()
 
 
-_loaded: dict[tuple[Any, ...], LoadedModel] = {}
-_loaded_lock = threading.Lock()
+def _load(key: tuple[Any, ...]) -> LoadedModel:
+    path, n_ctx, n_threads, queue_size, lora = key
+    return LoadedModel(
+        path, n_ctx=n_ctx, n_threads=n_threads, queue_size=queue_size, lora_path=lora
+    )
 
 
-def _acquire(key: tuple[Any, ...]) -> LoadedModel:
-    with _loaded_lock:
-        model = _loaded.get(key)
-        if model is None:
-            path, n_ctx, n_threads, queue_size, lora = key
-            model = LoadedModel(
-                path, n_ctx=n_ctx, n_threads=n_threads, queue_size=queue_size, lora_path=lora
-            )
-            _loaded[key] = model
-        model.users += 1
-        return model
-
-
-def _release(key: tuple[Any, ...]) -> None:
-    with _loaded_lock:
-        model = _loaded.get(key)
-        if model is None:
-            return
-        model.users -= 1
-        if model.users <= 0:
-            del _loaded[key]
-            model.close()
+_models: SharedModels[tuple[Any, ...], LoadedModel] = SharedModels(_load)
 
 
 @functools.lru_cache(maxsize=64)
@@ -112,7 +88,7 @@ def _grammar(schema_json: str) -> Any:
         ) from None
 
 
-class LlamaCppEngine(Engine):
+class LlamaCppEngine(LocalChatEngine):
     name: ClassVar[str] = "llamacpp"
     capabilities: ClassVar[Capabilities] = Capabilities(
         streaming=True, json_schema=True, exact_token_count=True
@@ -142,12 +118,12 @@ class LlamaCppEngine(Engine):
 
     async def start(self) -> None:
         if self._loaded is None:
-            self._loaded = await asyncio.to_thread(_acquire, self._key)
+            self._loaded = await asyncio.to_thread(_models.acquire, self._key)
 
     async def aclose(self) -> None:
         if self._loaded is not None:
             self._loaded = None
-            await asyncio.to_thread(_release, self._key)
+            await asyncio.to_thread(_models.release, self._key)
 
     @property
     def loaded(self) -> LoadedModel:
@@ -180,7 +156,7 @@ class LlamaCppEngine(Engine):
                 stream = loaded.llm.create_completion(
                     prompt=tokens,
                     max_tokens=max(1, min(max_tokens, budget)),
-                    stop=[*request.stop_list, loaded.eos_text],
+                    stop=stop_strings(request, loaded.eos_text),
                     stream=True,
                     stopping_criteria=StoppingCriteriaList([stop_when_cancelled]),
                     **kwargs,
@@ -201,62 +177,20 @@ class LlamaCppEngine(Engine):
         return job, len(tokens), counter
 
     def _sampling(self, request: ChatCompletionRequest) -> dict[str, Any]:
+        sampling = Sampling.of(request)
         kwargs: dict[str, Any] = {
-            "temperature": request.temperature
-            if request.temperature is not None
-            else LOCAL_SAMPLING_DEFAULTS["temperature"],
-            "top_p": request.top_p
-            if request.top_p is not None
-            else LOCAL_SAMPLING_DEFAULTS["top_p"],
-            "seed": request.seed,
-            "presence_penalty": request.presence_penalty or 0.0,
-            "frequency_penalty": request.frequency_penalty or 0.0,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "seed": sampling.seed,
+            "presence_penalty": sampling.presence_penalty,
+            "frequency_penalty": sampling.frequency_penalty,
         }
-        if request.logit_bias:
-            try:
-                kwargs["logit_bias"] = {int(k): v for k, v in request.logit_bias.items()}
-            except ValueError:
-                raise InvalidRequest(
-                    "logit_bias keys must be token ids", param="logit_bias"
-                ) from None
+        if sampling.logit_bias:
+            kwargs["logit_bias"] = sampling.logit_bias
         schema = request.json_schema
         if schema is not None:
             kwargs["grammar"] = _grammar(json.dumps(schema, sort_keys=True))
         return kwargs
-
-    async def stream(
-        self, request: ChatCompletionRequest, *, deadline: float | None = None
-    ) -> AsyncIterator[ChatChunk]:
-        job, prompt_tokens, counter = self._submit(request)
-        finish: str = "stop"
-        try:
-            async for text, finish_reason in job.items():
-                if finish_reason:
-                    finish = finish_reason
-                if text:
-                    yield ChatChunk(delta=text)
-        finally:
-            job.cancel()  # no-op when finished; stops generation if our caller left
-        yield ChatChunk(
-            finish_reason="length" if finish == "length" else "stop",
-            usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=counter["completion"]),
-            compute_seconds=job.compute_seconds,
-        )
-
-    async def chat(
-        self, request: ChatCompletionRequest, *, deadline: float | None = None
-    ) -> ChatResult:
-        parts: list[str] = []
-        last = ChatChunk()
-        async for chunk in self.stream(request, deadline=deadline):
-            parts.append(chunk.delta)
-            last = chunk
-        return ChatResult(
-            content="".join(parts),
-            finish_reason=last.finish_reason or "stop",
-            usage=last.usage or Usage(),
-            compute_seconds=last.compute_seconds,
-        )
 
 
 @hookimpl
