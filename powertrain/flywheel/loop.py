@@ -114,7 +114,9 @@ def mean_loss(adaptation: Adaptation, sequences: Sequence[TokenSequence], batch_
 def fingerprint(sequences: Sequence[TokenSequence], settings: TrainerSettings, seed: int) -> str:
     """A hash of what decides the result; a checkpoint resumes only the same run."""
     digest = hashlib.sha256()
-    kept = settings.model_dump(exclude={"threads", "checkpoint_every", "eval_batch_size"})
+    kept = settings.model_dump(
+        exclude={"threads", "checkpoint_every", "eval_batch_size", "max_seconds"}
+    )
     digest.update(json.dumps({"seed": seed, "settings": kept}, sort_keys=True).encode())
     for s in sequences:
         digest.update(json.dumps([s.row, s.prompt, s.target]).encode())
@@ -154,6 +156,8 @@ class TrainingLoop:
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._factor)
         self.fingerprint = fingerprint(self.train, settings, seed)
+        self.deadline: float | None = None
+        self.out_of_time = False
         self.state = _State()
 
     def _factor(self, step: int) -> float:
@@ -165,10 +169,13 @@ class TrainingLoop:
         """Train to the end (or resume from the newest checkpoint) and measure."""
         set_torch_threads(self.settings.threads)
         torch.manual_seed(self.seed)
+        self.deadline, self.out_of_time = None, False
+        if self.settings.max_seconds is not None:
+            self.deadline = time.monotonic() + self.settings.max_seconds
         if resume:
             self._resume()
         state = self.state
-        while state.eval_due or state.step < self.total:
+        while state.eval_due or (state.step < self.total and not self.out_of_time):
             if state.eval_due:
                 self._evaluate()
                 if state.step:
@@ -197,7 +204,8 @@ class TrainingLoop:
         state.batch_in_epoch += 1
         if state.batch_in_epoch == len(state.order):
             state.epoch, state.batch_in_epoch, state.order = state.epoch + 1, 0, []
-        state.eval_due = state.batch_in_epoch == 0 or state.step == self.total
+        self.out_of_time = self.deadline is not None and time.monotonic() >= self.deadline
+        state.eval_due = state.batch_in_epoch == 0 or state.step == self.total or self.out_of_time
         state.tokens += result.tokens
         state.computed_tokens += result.computed_tokens
         state.seconds += time.perf_counter() - started
@@ -239,6 +247,8 @@ class TrainingLoop:
             "base_eval_loss": evals[0][1] if evals and evals[0][0] == 0 else None,
             "eval_loss": evals[-1][1] if evals else None,
             "steps": state.step,
+            "planned_steps": self.total,
+            "stopped_by_max_seconds": self.out_of_time,
             "epochs": round(state.step / self.per_epoch, 3),
             "train_examples": len(self.train),
             "test_examples": len(self.test),

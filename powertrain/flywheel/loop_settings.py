@@ -22,6 +22,12 @@ class LoopSettings(TrainerSettings):
     max_steps: int | None = Field(
         default=None, ge=1, description="Stop after this many steps (overrides epochs)."
     )
+    max_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="Start no new step after this many seconds of training (the schedule "
+        "still plans for every step; the last eval and the export run after it).",
+    )
     warmup_ratio: float = Field(default=0.1, ge=0, le=0.5)
     schedule: Literal["cosine", "linear"] = "cosine"
     weight_decay: float = Field(default=0.0, ge=0, le=1)
