@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -125,6 +126,34 @@ def test_settings_fix_c_and_turn_calibration_off(tmp_path: Path) -> None:
     assert m["test_ece"] == m["test_ece_uncalibrated"]
     manifest = json.loads(Path(result.files[1]).read_text())
     assert manifest["settings"]["class_weight"] == "balanced"
+
+
+def test_two_labels_make_a_two_row_head(tmp_path: Path) -> None:
+    # scikit-learn fits one score for two classes; the head stores it as two symmetric rows.
+    full = plan()
+    pair = INTENTS[:2]
+    schema = {
+        "type": "object",
+        "properties": {"intent": {"type": "string", "enum": pair}},
+        "required": ["intent"],
+    }
+
+    def keep(examples: list[Any]) -> list[Any]:
+        return [e for e in examples if e.reference["intent"] in pair]
+
+    binary = type(full)(
+        **{
+            **full.__dict__,
+            "train": keep(full.train),
+            "test": keep(full.test),
+            "output_schema": schema,
+        }
+    )
+    result = ClassifierTrainer().train(binary, tmp_path, lambda _p: None)
+    manifest, head = load_classifier(tmp_path / "classifier", where="test")
+    assert manifest.labels == pair and head.coef.shape == (2, 384)
+    assert np.allclose(head.coef[0], -head.coef[1])
+    assert result.metrics["test_accuracy"] > 0.8
 
 
 def test_a_train_split_with_one_label_is_refused(tmp_path: Path) -> None:
