@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from powertrain.datasets import DatasetRow, Datasets, TraceQuery, row_from_object
 from powertrain.datasets.rows import split_of
+from powertrain.errors import InvalidRequest
 from powertrain.feedback import FeedbackService, TraceNotFound, feedback_request
 from powertrain.schemas.trace import Trace
 from powertrain.store import Database, TraceStore
@@ -227,3 +228,24 @@ def test_concurrent_writers_never_share_a_version_number(database_url: str) -> N
     finally:
         for database in databases:
             database.dispose()
+
+
+def test_a_row_may_pin_its_split(db: Database) -> None:
+    datasets, who = Datasets(db), owner()
+
+    def pinned(split: str) -> list[DatasetRow]:
+        return [
+            row_from_object({"vars": {"q": f"q{i}"}, "expected": f"a{i}", "split": split}, "r")
+            for i in range(20)
+        ]
+
+    tests = datasets.create(who, "published", pinned("test"))
+    assert tests.version.test_count == 20  # whatever the hash would have said
+    _version, stored = datasets.iter_rows(who, "published", None)
+    assert {r.split for r in stored} == {"test"}
+    trains = datasets.create(who, "published", pinned("train"))
+    assert trains.created and trains.version.test_count == 0  # another pin, another version
+    unpinned = datasets.create(who, "published", rows(20))
+    assert 0 < unpinned.version.test_count < 20
+    with pytest.raises(InvalidRequest, match='split must be "train" or "test"'):
+        row_from_object({"vars": {"q": "x"}, "split": "dev"}, "row 1")

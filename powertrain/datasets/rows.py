@@ -2,13 +2,15 @@
 
 A row is ``{input: {variables?, messages?}, output?, labels, source}``. Its hash
 covers input and output only, so where it came from never moves it; its split
-is a hash of that and the seed, so adding rows never moves existing ones.
+is a hash of that and the seed, so adding rows never moves existing ones — unless
+the row names its split itself (``"split": "test"``), as data with a published
+test set does.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -39,6 +41,9 @@ class DatasetRow(BaseModel):
     output: Any = None
     labels: dict[str, Any] = Field(default_factory=dict)
     source: dict[str, Any] = Field(default_factory=dict)
+    split: Literal["train", "test"] | None = Field(
+        default=None, description="Pinned by the row; otherwise a hash of it decides."
+    )
 
     def content_hash(self) -> str:
         return _sha256({"input": self.input.as_dict(), "output": self.output})
@@ -55,7 +60,7 @@ class DatasetRow(BaseModel):
         )
         row_hash = _sha256({"input": values["input"], "output": values["output"]})
         values["row_hash"] = row_hash
-        values["split"] = split_of(row_hash, seed=seed, test_fraction=test_fraction)
+        values["split"] = self.split or split_of(row_hash, seed=seed, test_fraction=test_fraction)
         return values  # type: ignore[no-any-return]
 
 
@@ -81,10 +86,20 @@ def split_of(row_hash: str, *, seed: int, test_fraction: float) -> str:
     return "test" if position < test_fraction else "train"
 
 
-def version_hash(rows: list[dict[str, Any]], *, test_fraction: float, seed: int) -> str:
-    """What makes two versions the same: their rows in order (with labels and sources),
-    and the split settings."""
-    body = [[r["row_hash"], r["labels"], r["source"]] for r in rows]
+def version_hash(
+    rows: list[dict[str, Any]],
+    *,
+    test_fraction: float,
+    seed: int,
+    pinned: list[str | None] | None = None,
+) -> str:
+    """What makes two versions the same: their rows in order (with labels, sources and any
+    split a row pins), and the split settings."""
+    pins = pinned or [None] * len(rows)
+    body = [
+        [r["row_hash"], r["labels"], r["source"], *([pin] if pin else [])]
+        for r, pin in zip(rows, pins, strict=True)
+    ]
     return _sha256({"rows": body, "test_fraction": test_fraction, "seed": seed})
 
 
@@ -115,13 +130,23 @@ def row_from_object(obj: Any, where: str, *, source: dict[str, Any] | None = Non
     """
     if not isinstance(obj, dict):
         raise DatasetRowError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-    known = {"input", "output", "labels", "vars", "expected", "messages", "source"}
+    known = {"input", "output", "labels", "vars", "expected", "messages", "source", "split"}
     unknown = sorted(set(obj) - known)
     if unknown:
         raise DatasetRowError(
             f"{where}: unknown field {unknown[0]!r} (a row has input, output and labels; "
-            "or vars and expected; or messages)"
+            "or vars and expected; or messages; and optionally its split)"
         )
+    row = _row_of(obj, where, source)
+    split = obj.get("split")
+    if split is None:
+        return row
+    if split not in ("train", "test"):
+        raise DatasetRowError(f'{where}: split must be "train" or "test", not {split!r}')
+    return row.model_copy(update={"split": split})
+
+
+def _row_of(obj: dict[str, Any], where: str, source: dict[str, Any] | None) -> DatasetRow:
     labels = obj.get("labels") or {}
     if not isinstance(labels, dict):
         raise DatasetRowError(f"{where}: labels must be an object")

@@ -124,7 +124,9 @@ class Datasets:
         if not rows:
             raise InvalidRequest("a dataset version needs at least one row", param="rows")
         stored = [r.stored(test_fraction=test_fraction, seed=seed) for r in rows]
-        digest = version_hash(stored, test_fraction=test_fraction, seed=seed)
+        digest = version_hash(
+            stored, test_fraction=test_fraction, seed=seed, pinned=[r.split for r in rows]
+        )
         dataset, version, created = self.store.add_version(
             owner,
             name,
