@@ -97,7 +97,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
     peft_model.eval()
     workdir = tmp_path_factory.mktemp("lora")
     with quiet_peft():
-        peft_model.save_pretrained(workdir / "adapter")
+        peft_model.save_pretrained(str(workdir / "adapter"))
     yield Trained(peft_model, workdir / "adapter", prompt, reply, workdir)
 
 
@@ -267,7 +267,9 @@ def test_a_prompt_tuning_adapter_is_not_lora(tmp_path: Path) -> None:
     from peft import PromptTuningConfig
 
     with quiet_peft():
-        PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4).save_pretrained(tmp_path)
+        PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4).save_pretrained(
+            str(tmp_path)
+        )
     with pytest.raises(AdapterExportUnsupported, match="PROMPT_TUNING adapter, not LoRA"):
         export_gguf_lora(tmp_path, smollm2_path(), tmp_path / "out.gguf")
     assert not (tmp_path / "out.gguf").exists()

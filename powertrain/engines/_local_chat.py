@@ -9,6 +9,7 @@ produces tokens differs.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Callable, Hashable
@@ -17,7 +18,7 @@ from typing import Generic, Protocol, TypeVar
 
 from powertrain.engines._local_worker import Job
 from powertrain.engines.base import Engine
-from powertrain.errors import InvalidRequest
+from powertrain.errors import EngineUnavailable, InvalidRequest
 from powertrain.schemas import ChatChunk, ChatCompletionRequest, ChatResult, Usage
 
 # Sampling defaults for small local models when neither the request nor the
@@ -60,12 +61,16 @@ def stop_strings(request: ChatCompletionRequest, end_of_turn: str) -> list[str]:
     return [*request.stop_list, end_of_turn]
 
 
-class Closeable(Protocol):
+class LocalModel(Protocol):
+    """A model loaded in this process: it tokenizes prompts exactly and can be freed."""
+
+    def prompt_tokens(self, request: ChatCompletionRequest) -> list[int]: ...
+
     def close(self) -> None: ...
 
 
 K = TypeVar("K", bound=Hashable)
-M = TypeVar("M", bound=Closeable)
+M = TypeVar("M", bound=LocalModel)
 
 
 class SharedModels(Generic[K, M]):
@@ -95,8 +100,34 @@ class SharedModels(Generic[K, M]):
             model.close()
 
 
-class LocalChatEngine(Engine):
-    """Streaming and whole answers from a worker job of ``(text, finish_reason)`` items."""
+class LocalChatEngine(Engine, Generic[K, M]):
+    """A model from ``SharedModels``, answering from a worker job of ``(text, finish_reason)``
+    items. A subclass's ``__init__`` calls ``_share`` with the registry and its model's key."""
+
+    _models: SharedModels[K, M]
+    _key: K
+    _loaded: M | None = None
+
+    def _share(self, models: SharedModels[K, M], key: K) -> None:
+        self._models, self._key = models, key
+
+    async def start(self) -> None:
+        if self._loaded is None:
+            self._loaded = await asyncio.to_thread(self._models.acquire, self._key)
+
+    async def aclose(self) -> None:
+        if self._loaded is not None:
+            self._loaded = None
+            await asyncio.to_thread(self._models.release, self._key)
+
+    @property
+    def loaded(self) -> M:
+        if self._loaded is None:
+            raise EngineUnavailable(f"model {self.model.alias!r} is not loaded; call start()")
+        return self._loaded
+
+    def count_tokens(self, request: ChatCompletionRequest) -> int:
+        return len(self.loaded.prompt_tokens(request))
 
     @abstractmethod
     def _submit(self, request: ChatCompletionRequest) -> tuple[Job, int, dict[str, int]]:

@@ -9,7 +9,6 @@ tokenizer, so the context check is exact.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import os
@@ -88,7 +87,7 @@ def _grammar(schema_json: str) -> Any:
         ) from None
 
 
-class LlamaCppEngine(LocalChatEngine):
+class LlamaCppEngine(LocalChatEngine[tuple[Any, ...], LoadedModel]):
     name: ClassVar[str] = "llamacpp"
     capabilities: ClassVar[Capabilities] = Capabilities(
         streaming=True, json_schema=True, exact_token_count=True
@@ -107,36 +106,18 @@ class LlamaCppEngine(LocalChatEngine):
         if not path.is_file():
             raise ConfigError(f"[models.{model.alias}] GGUF file {str(path)!r} does not exist")
         n_ctx = int(options.get("n_ctx") or model.context_window or 4096)
-        self._key = (
+        key = (
             path.resolve(),
             n_ctx,
             int(options.get("n_threads") or os.cpu_count() or 1),
             int(options.get("queue_size", 16)),
             options.get("lora_path"),
         )
-        self._loaded: LoadedModel | None = None
-
-    async def start(self) -> None:
-        if self._loaded is None:
-            self._loaded = await asyncio.to_thread(_models.acquire, self._key)
-
-    async def aclose(self) -> None:
-        if self._loaded is not None:
-            self._loaded = None
-            await asyncio.to_thread(_models.release, self._key)
-
-    @property
-    def loaded(self) -> LoadedModel:
-        if self._loaded is None:
-            raise EngineUnavailable(f"model {self.model.alias!r} is not loaded; call start()")
-        return self._loaded
+        self._share(_models, key)
 
     @property
     def context_window(self) -> int:
         return self.loaded.n_ctx if self._loaded else int(self._key[1])
-
-    def count_tokens(self, request: ChatCompletionRequest) -> int:
-        return len(self.loaded.prompt_tokens(request))
 
     def _submit(self, request: ChatCompletionRequest) -> tuple[Job, int, dict[str, int]]:
         loaded = self.loaded

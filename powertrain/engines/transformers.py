@@ -17,7 +17,6 @@ runner validates and repairs instead.
 
 from __future__ import annotations
 
-import asyncio
 import codecs
 import os
 import random
@@ -38,7 +37,6 @@ from powertrain.engines.torch_gguf import load_causal_lm, set_torch_threads
 from powertrain.errors import (
     ConfigError,
     ContextWindowExceeded,
-    EngineUnavailable,
     InvalidRequest,
 )
 from powertrain.plugins import hookimpl
@@ -247,7 +245,7 @@ def _load(key: LoadKey) -> LoadedCausalLM:
 _models: SharedModels[LoadKey, LoadedCausalLM] = SharedModels(_load)
 
 
-class TransformersEngine(LocalChatEngine):
+class TransformersEngine(LocalChatEngine[LoadKey, LoadedCausalLM]):
     name: ClassVar[str] = "transformers"
     capabilities: ClassVar[Capabilities] = Capabilities(
         streaming=True, json_schema=False, exact_token_count=True
@@ -278,28 +276,13 @@ class TransformersEngine(LocalChatEngine):
                 f"{where} adapter {str(adapter)!r} is not a PEFT adapter directory "
                 "(no adapter_config.json)"
             )
-        self._key: LoadKey = (
+        key: LoadKey = (
             path.resolve(),
             adapter.resolve() if adapter else None,
             options.n_threads or os.cpu_count() or 1,
             options.queue_size,
         )
-        self._loaded: LoadedCausalLM | None = None
-
-    async def start(self) -> None:
-        if self._loaded is None:
-            self._loaded = await asyncio.to_thread(_models.acquire, self._key)
-
-    async def aclose(self) -> None:
-        if self._loaded is not None:
-            self._loaded = None
-            await asyncio.to_thread(_models.release, self._key)
-
-    @property
-    def loaded(self) -> LoadedCausalLM:
-        if self._loaded is None:
-            raise EngineUnavailable(f"model {self.model.alias!r} is not loaded; call start()")
-        return self._loaded
+        self._share(_models, key)
 
     @property
     def context_window(self) -> int | None:
@@ -308,9 +291,6 @@ class TransformersEngine(LocalChatEngine):
         if self._loaded is None:
             return configured
         return min(self._loaded.n_ctx, configured or self._loaded.n_ctx)
-
-    def count_tokens(self, request: ChatCompletionRequest) -> int:
-        return len(self.loaded.prompt_tokens(request))
 
     def count_text(self, text: str) -> int:
         return len(self.loaded.chat.tokenize(text, special=False, add_bos=False))
