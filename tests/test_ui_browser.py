@@ -4,9 +4,11 @@ Debian's ``chromium`` is driven by ``playwright-core`` (``tests/ui/flows.mjs``; 
 browser download): sign in, a playground call (two models side by side) and a task
 run, find the call's trace, label three traces from the annotation queue and find
 them in a dataset built from feedback, open an eval run's matrix and drill into a
-cell's trace, and check that a trace whose output holds ``<script>`` and a markdown
-image renders as inert text (no script ran, nothing was fetched). Every page visited
-is saved as a PNG under ``test-artifacts/ui/``.
+cell's trace, check that a trace whose output holds ``<script>`` and a markdown
+image renders as inert text (no script ran, nothing was fetched), and follow a
+classifier fine-tune (started over the API at the beginning, so it trains while the
+rest runs) to its scores, the methods compared and a canary from its page. Every
+page visited is saved as a PNG under ``test-artifacts/ui/``.
 
 Needs ``/usr/bin/chromium`` and ``tests/ui/node_modules`` (``make ui-test-deps``):
 skipped without them, unless ``POWERTRAIN_TEST_UI=1`` (CI), where that is a failure.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -27,9 +30,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from powertrain.config import load_config
+from powertrain.store import Database
+from powertrain.store.finetune import FineTuneStore
 from tests.conftest import REPO, ServerProcess, openai_model_toml, start_server
 from tests.fakes import FakeOpenAI
 from tests.fakes.upstreams import RecordedRequest
+from tests.ui_helpers import sentiment_rows
 
 UI_DIR = REPO / "tests" / "ui"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -114,6 +121,55 @@ async def _api(http: aiohttp.ClientSession, url: str, method: str, path: str, bo
         return data, resp.headers
 
 
+async def _start_finetune(url: str) -> str:
+    """A dataset of 60 reviews and a classifier job on it, started over the API so that it
+    trains (in its worker process) while the other flows run; the UI follows it later."""
+    async with aiohttp.ClientSession() as http:
+        body = {"name": "reviews", "rows": sentiment_rows(), "test_fraction": 0.25, "seed": 1}
+        await _api(http, url, "POST", "/api/datasets", body)
+        job = {"task": TASK, "dataset": "reviews", "method": "classifier"}
+        started, _headers = await _api(http, url, "POST", "/api/finetune/jobs", job)
+        return str(started["id"])
+
+
+def _stopped_lora_job(tmp_path: Path, env: dict[str, str]) -> str:
+    """A LoRA job cancelled at step 120 of 300, written into the server's store as its
+    worker would have left it: a real training curve to draw takes minutes, this takes
+    nothing (the page only reads the record)."""
+    config = load_config(tmp_path / "powertrain.toml", environ=env)
+    database = Database(config.settings.resolved_database_url)
+    try:
+        store = FineTuneStore(database)
+        job = store.create_job(
+            task=TASK,
+            owner="",
+            dataset="reviews",
+            dataset_version=1,
+            method="lora",
+            base_model="gpt",
+            params={"variant": "control", "encoder": "minilm", "seed": 0, "limit": None,
+                    "settings": {"epochs": 3, "rank": 8, "learning_rate": 0.0002}},
+        )  # fmt: skip
+        loss = [
+            [step, 2.3 * math.exp(-step / 35) + 0.4 + 0.08 * math.sin(step * 1.7)]
+            for step in range(1, 121)
+        ]
+        evals = [[step, 2.4 * math.exp(-step / 40) + 0.55] for step in (0, 40, 80, 120)]
+        store.update_job(
+            job.id,
+            status="cancelled",
+            started_at=job.created_at,
+            finished_at=job.created_at,
+            duration_s=95.0,
+            curves={"loss": loss, "eval_loss": evals},
+            progress={"step": 120, "total": 300, "phase": "train", "metrics": {"loss": 0.61}},
+            metrics={"train_examples": 48, "test_examples": 12, "skipped_rows": 0},
+        )
+        return job.id
+    finally:
+        database.dispose()
+
+
 async def _seed(url: str) -> str:
     """Traces to label (one of them hostile) and a task with two versions."""
     async with aiohttp.ClientSession() as http:
@@ -183,6 +239,8 @@ async def test_the_ui_in_a_real_browser(
         server = await asyncio.to_thread(start_server, tmp_path, env=env)
         server_process.append(server)
         hostile = await _seed(server.url)
+        finetune = await _start_finetune(server.url)
+        stopped = await asyncio.to_thread(_stopped_lora_job, tmp_path, env)
         await _eval_run(tmp_path, env)
 
         if ARTIFACTS.exists():
@@ -198,11 +256,13 @@ async def test_the_ui_in_a_real_browser(
                 "UI_XSS_TRACE": hostile,
                 "UI_QUESTION": QUESTION,
                 "UI_TASK": TASK,
+                "UI_FINETUNE_JOB": finetune,
+                "UI_CURVES_JOB": stopped,
             },
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )  # fmt: skip
-        out, err = await asyncio.wait_for(node.communicate(), timeout=150)
+        out, err = await asyncio.wait_for(node.communicate(), timeout=300)
         assert node.returncode == 0, err.decode(errors="replace")
         report = json.loads(out.decode().strip().splitlines()[-1])
         assert "error" not in report, report["error"] + "\n" + server.log()[-3000:]
@@ -237,6 +297,17 @@ async def test_the_ui_in_a_real_browser(
     assert report["xss"]["images"] == 0
     assert beacon.hits == []
     assert report["after_sign_out"].startswith("/ui/signin")
+    # The fine-tune: the start form's refusal, the job trained and scored beside the base
+    # (which always answers "negative"), the methods compared, and a canary from its page.
+    assert "settings are not valid JSON" in report["finetune"]["start_error"]
+    assert report["finetune"]["status"] == "succeeded"
+    assert report["finetune"]["model"] == "classifier:sentiment-v1"
+    assert "eval loss" in report["finetune"]["loss"]  # measured once: a number, no chart
+    # A job with curves: train loss as one line, eval loss as a marker per measure.
+    assert report["finetune"]["curves"] == {"lines": 2, "dots": 4}
+    assert report["finetune"]["recommended"] == "classifier-v1"
+    assert report["finetune"]["history"][0].startswith("canary classifier-v1")
+    assert "classifier-v1 25.0%" in report["finetune"]["history"][0]
     shots = {p.stem for p in ARTIFACTS.glob("*.png")}
     assert {p["name"] for p in report["pages"]} <= shots
     assert len(shots) >= 15

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from powertrain.flywheel.compare import compare_methods
 from powertrain.flywheel.scoring import Scoreboard, VariantScore
 from powertrain.store.finetune import FineTuneStore, JobRecord
 from powertrain.store.splits import SplitStore
+from powertrain.store.times import utc_now
 from tests.keys_helpers import Api
 from tests.ui_helpers import job_record, second_browser
 from tests.ui_helpers import sentiment_ui as admin_ui
@@ -94,18 +96,18 @@ async def test_the_list_and_a_job_page_show_the_record(tmp_path: Path) -> None:
         assert len(train) == len(LOSS)
         assert [x for x, _ in train] == sorted(x for x, _ in train)
         assert train[0][1] < train[-1][1]  # the loss falls: drawn lower (SVG y grows down)
-        dots = re.findall(r"<title>(eval_loss · step [^<]+)</title>", svg)
+        dots = re.findall(r"<title>(eval loss · step [^<]+)</title>", svg)
         assert dots == [
-            "eval_loss · step 0 · 2.5",
-            "eval_loss · step 5 · 0.9",
-            "eval_loss · step 10 · 0.6",
+            "eval loss · step 0 · 2.5",
+            "eval loss · step 5 · 0.9",
+            "eval loss · step 10 · 0.6",
         ]
-        assert "<title>loss ·" not in svg
-        assert "loss (10 points)" in page and "eval loss (3 points)" in page
+        assert "<title>train loss ·" not in svg
+        assert "train loss (10 points)" in page and "eval loss (3 points)" in page
         assert 'href="/ui/evals/ev_0123abcd"' in page and 'href="/ui/tasks/sentiment"' in page
         assert "row 9: has no variables" in page and "Rows left out (2)" in page
         scoring = page.split('id="scoring"')[1].split("</section>")[0]
-        assert "85.0%" in scoring and "50.0%" in scoring and "0.0200" in scoring
+        assert "85.0%" in scoring and "50.0%" in scoring and "$0.02<" in scoring
         assert re.search(
             r"<th class=\"mono\">train_examples</th><td><span class=\"mono\">45<", page
         )
@@ -140,6 +142,20 @@ async def test_a_running_job_page_polls_for_its_progress(tmp_path: Path) -> None
         data = json.loads(body)
         assert data["status"] == "running" and data["progress"] == progress
         assert data["points"] == 3 and data["finished"] is False
+
+
+async def test_a_job_just_trained_waits_for_its_score(tmp_path: Path) -> None:
+    async with admin_ui(tmp_path) as web:
+        now = utc_now()
+        fresh = job_record(web, variant="lora-v1", finished_at=now, metrics={"eval_loss": 0.5})
+        old = job_record(web, finished_at=now - timedelta(hours=2), metrics={"eval_loss": 0.5})
+        _, page, _ = await web.get(f"/ui/finetunes/{fresh.id}")
+        box = page.split('id="progress"')[1].split("</section>")[0]
+        assert 'data-scored="0"' in box and "<h2>Scoring</h2>" in box
+        _, body, _ = await web.get(f"/ui/finetunes/{fresh.id}/progress", Accept="application/json")
+        assert json.loads(body)["scored"] is False
+        _, page, _ = await web.get(f"/ui/finetunes/{old.id}")
+        assert 'id="progress"' not in page and "Not scored: it was started without" in page
 
 
 async def test_hostile_text_in_a_job_is_shown_as_text(tmp_path: Path) -> None:
@@ -243,7 +259,7 @@ async def test_promote_and_roll_back_from_the_task_page(tmp_path: Path) -> None:
 
         # A canary from the job page's buttons (they post to the task's promote action).
         _, job_page, _ = await web.get(f"/ui/finetunes/{job.id}")
-        assert 'id="promote-job"' in job_page and "serves 0.0%" in job_page
+        assert 'id="promote-job"' in job_page and "0.0% of traffic" in job_page
         form = {"variant": "lora-v1", "share": "25%", "action": "canary", "note": "try it"}
         status, _, headers = await web.post("/ui/tasks/sentiment/promote", form)
         assert status == 303 and headers["Location"] == "/ui/tasks/sentiment#split-history"
@@ -332,6 +348,7 @@ async def test_the_methods_compared_recommend_by_the_auto_rule(tmp_path: Path) -
         assert recommended == [clf.id]
         assert lora.id in first and weak.id in first
         assert "+40.0 pt" in first and "+30.0 pt" in first  # against the base's 50%
+        assert ">$0.01<" in first and ">$0.5<" in first and ">$0.001<" in first  # per 1k calls
         assert '<tr class="base">' in first and "50.0%" in first
         assert 'href="/ui/evals/ev_scoring1"' in first
         second = page.split('data-dataset="reviews@2"')[1].split("</section>")[0]

@@ -124,13 +124,26 @@ def line_chart(
         ]
         color = (colors or {}).get(name, n) % MAX_SERIES
         series.append(Series(name, color, points))
-    y_ticks = [Tick(y_of(top * f), fmt(top * f)) for f in (0, 0.25, 0.5, 0.75, 1)]
     every = max(1, len(buckets) // 6)
     x_ticks = [
         Tick(x_of(i), _time_label(moment, bucket_seconds))
         for i, moment in enumerate(buckets)
         if i % every == 0
     ]
+    return _framed(title, series, top=top, fmt=fmt, x_ticks=x_ticks)
+
+
+def _framed(
+    title: str,
+    series: list[Series],
+    *,
+    top: float,
+    fmt: Callable[[float], str],
+    x_ticks: list[Tick],
+) -> LineChart:
+    """``series`` in the one frame every chart shares, the y axis from 0 to ``top`` in
+    quarters (``series`` placed with the same geometry)."""
+    plot_h = HEIGHT - TOP - BOTTOM
     return LineChart(
         title=title,
         width=WIDTH,
@@ -140,7 +153,7 @@ def line_chart(
         plot_top=TOP,
         plot_bottom=HEIGHT - BOTTOM,
         series=series,
-        y_ticks=y_ticks,
+        y_ticks=[Tick(TOP + plot_h * (1 - f), fmt(top * f)) for f in (0, 0.25, 0.5, 0.75, 1)],
         x_ticks=x_ticks,
     )
 
@@ -196,18 +209,8 @@ def step_chart(
             for step, value in points
         ]
         series.append(Series(name, n % MAX_SERIES, drawn, dots=name in dots or len(drawn) == 1))
-    return LineChart(
-        title=title,
-        width=WIDTH,
-        height=HEIGHT,
-        plot_left=LEFT,
-        plot_right=WIDTH - RIGHT,
-        plot_top=TOP,
-        plot_bottom=HEIGHT - BOTTOM,
-        series=series,
-        y_ticks=[Tick(y_of(top * f), fmt(top * f)) for f in (0, 0.25, 0.5, 0.75, 1)],
-        x_ticks=[Tick(x_of(s), f"{s:g}") for s in _x_steps(low, high)],
-    )
+    x_ticks = [Tick(x_of(s), f"{s:g}") for s in _x_steps(low, high)]
+    return _framed(title, series, top=top, fmt=fmt, x_ticks=x_ticks)
 
 
 def _thinned(points: list[list[float]], limit: int) -> list[list[float]]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path as FilePath
 from typing import Annotated, Any
 
@@ -28,6 +29,7 @@ from powertrain.flywheel.worker import spawn
 from powertrain.server.auth import Principal
 from powertrain.store.datasets import ADMIN_OWNER
 from powertrain.store.finetune import JOB_STATUSES, JobRecord
+from powertrain.store.times import utc_now
 from powertrain.tasks.registry import LoadedTask
 from powertrain.ui.charts import LineChart, step_chart
 from powertrain.ui.render import UIRoute, page, query_string
@@ -38,6 +40,9 @@ JobId = Annotated[str, Path(max_length=40)]
 LIST_LIMIT = 100  # the newest jobs shown; filters reach older ones
 COMPARE_LIMIT = 1000
 ACTIVE = frozenset({"queued", "running", "cancelling"})  # a page that polls for progress
+# After training, a worker scores the job (unless told not to, which the job does not
+# record): its page keeps looking for the score this long after the job finished.
+SCORING_WINDOW = timedelta(minutes=30)
 LOG_LINES = 40
 # Shown in their own sections of a job page, not in its metrics table.
 _OWN_SECTIONS = frozenset({"skipped", "served", "eval_run"})
@@ -234,14 +239,27 @@ def _loss(value: float) -> str:
 
 
 def loss_chart(job: JobRecord) -> LineChart | None:
-    """Train loss by step and eval loss at the steps it was measured, on the same axes."""
+    """Train loss by step and eval loss at the steps it was measured, on the same axes;
+    None until some curve has two points (one measure is a number, not a curve)."""
+    if not any(len(points) > 1 for points in job.curves.values()):
+        return None
     curves = {
-        "loss": job.curves.get("loss") or [],
-        "eval_loss": job.curves.get("eval_loss") or [],
+        "train loss": job.curves.get("loss") or [],
+        "eval loss": job.curves.get("eval_loss") or [],
         **{k: v for k, v in job.curves.items() if k not in ("loss", "eval_loss")},
     }
-    chart = step_chart("Loss by step", curves, fmt=_loss, dots=("eval_loss",))
-    return None if chart.empty else chart
+    return step_chart("Loss by step", curves, fmt=_loss, dots=("eval loss",))
+
+
+def single_losses(job: JobRecord) -> list[tuple[str, float, float]]:
+    """(name, step, value) of the curves with one point: a loss measured once."""
+    return [(name, pts[0][0], pts[0][1]) for name, pts in job.curves.items() if len(pts) == 1]
+
+
+def awaiting_score(job: JobRecord) -> bool:
+    """Trained a moment ago and not scored yet: its worker is probably scoring it now."""
+    recent = job.finished_at is not None and utc_now() - job.finished_at < SCORING_WINDOW
+    return job.status == "succeeded" and "eval_run" not in job.metrics and recent
 
 
 def curve_points(job: JobRecord) -> int:
@@ -289,6 +307,7 @@ async def _job_page(
     base = str(job.params.get("variant") or "")
     log = await asyncio.to_thread(_log_tail, service.workdir(job))
     waiting = waiting and job.status in ("failed", "cancelled")  # the new worker not yet in
+    scoring = awaiting_score(job)
     skipped = job.metrics.get("skipped")
     return page(
         request,
@@ -300,6 +319,7 @@ async def _job_page(
         settings=job.params.get("settings") or {},
         params={k: v for k, v in job.params.items() if k != "settings"},
         loss_chart=loss_chart(job),
+        single_losses=single_losses(job),
         points=curve_points(job),
         admin_owner=ADMIN_OWNER,
         metrics=metric_rows(job.metrics),
@@ -312,8 +332,10 @@ async def _job_page(
         task=task,
         share=share,
         can_promote=job.status == "succeeded" and job.variant in variants,
-        poll=job.status in ACTIVE or waiting,
+        poll=job.status in ACTIVE or waiting or scoring,
         waiting=waiting,
+        scoring=scoring,
+        scoring_minutes=int(SCORING_WINDOW.total_seconds() // 60),
         log=log,
         error=error,
     )
@@ -341,6 +363,7 @@ async def job_progress(job_id: JobId, request: Request, _principal: AdminViewer)
             "progress": job.progress,
             "duration_s": job.duration_s,
             "points": curve_points(job),
+            "scored": "eval_run" in job.metrics,
         }
     )
 

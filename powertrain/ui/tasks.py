@@ -157,6 +157,14 @@ def _history(splits: SplitStore, name: str) -> tuple[list[HistoryRow], dict[str,
     return history, added_by
 
 
+def _promotable(task: LoadedTask) -> str | None:
+    """The variant a promote form offers first: the one being canaried, else the newest
+    fine-tuned one."""
+    if task.split is not None and task.split.action == "canary":
+        return task.split.variant
+    return task.added_variants[-1] if task.added_variants else None
+
+
 async def _task_page(
     request: Request,
     principal: Principal,
@@ -189,7 +197,7 @@ async def _task_page(
         task=task,
         history=history,
         promotion_error=error,
-        form=form or {"share": "10%"},
+        form=form or {"share": "10%", "variant": _promotable(task) or ""},
         records=list(reversed(records)),
         labels_of=labels_of,
         numbers=numbers,

@@ -17,10 +17,14 @@ const SHOTS = env("UI_ARTIFACTS");
 const XSS_TRACE = env("UI_XSS_TRACE");
 const QUESTION = env("UI_QUESTION");
 const TASK = env("UI_TASK");
+const FINETUNE_JOB = env("UI_FINETUNE_JOB");
+const CURVES_JOB = env("UI_CURVES_JOB");
 
 mkdirSync(SHOTS, { recursive: true });
 const profile = mkdtempSync(join(tmpdir(), "pt-chromium-"));
 const report = { pages: [], problems: [] };
+// A response a step provokes on purpose (a refused form's 4xx), which chromium logs.
+let expectedError = null;
 const steps = [];
 
 // A fresh profile directory per run (playwright passes it as --user-data-dir).
@@ -57,6 +61,7 @@ try {
   // Anything the page's own markup or script does that the CSP refuses, and any script
   // error, is a problem: the UI must work under its own policy.
   page.on("console", (message) => {
+    if (expectedError && message.text().includes(expectedError)) return;
     if (message.type() === "error") {
       report.problems.push(`console: ${message.text()} (${message.location().url})`);
     }
@@ -70,6 +75,12 @@ try {
     await page.fill("#key", KEY);
     await Promise.all([page.waitForURL(/\/ui\/traces/), page.press("#key", "Enter")]);
     await shot(page, "traces");
+  });
+
+  await step("a fine-tune in training", async () => {
+    // Started just before the browser: queued or training (its progress), or done already.
+    await page.goto(BASE + `/ui/finetunes/${FINETUNE_JOB}`);
+    await shot(page, "finetune-progress");
   });
 
   let playgroundTrace = null;
@@ -190,6 +201,57 @@ try {
     report.xss.pwned_in_list = await page.evaluate(() => typeof window.__pwned);
     await page.goto(BASE + "/ui/annotate");
     report.xss.pwned_in_queue = await page.evaluate(() => typeof window.__pwned);
+  });
+
+  await step("a fine-tune: the start form, the job, the methods compared, a canary", async () => {
+    report.finetune = {};
+    await page.goto(BASE + "/ui/finetunes");
+    // A refusal first: the form says why and keeps what was typed.
+    await page.selectOption("#start-task", TASK);
+    await page.fill("#start-dataset", "reviews");
+    await page.selectOption("#start-method", "classifier");
+    await page.fill("#start-settings", "{epochs: 2");
+    expectedError = "status of 400 (Bad Request)";
+    await page.click('#start button[type="submit"]');
+    await page.locator("#start-error").waitFor();
+    expectedError = null;
+    report.finetune.start_error = await page.textContent("#start-error");
+    await shot(page, "finetunes-start-error");
+    await page.goto(BASE + "/ui/finetunes");
+    await shot(page, "finetunes");
+    await Promise.all([
+      page.waitForURL(/\/ui\/finetunes\/ft_/),
+      page.click(`a[href="/ui/finetunes/${FINETUNE_JOB}"]`),
+    ]);
+    // The page follows the job itself: app.js polls, and reloads when it ends and is scored.
+    await page.locator("#scoring table").waitFor({ timeout: 180_000 });
+    report.finetune.status = (await page.textContent("#job-status")).trim();
+    report.finetune.model = (await page.textContent("#job-model")).trim();
+    report.finetune.loss = await page.textContent("#loss");
+    await shot(page, "finetune-job");
+    await Promise.all([
+      page.waitForURL(/\/ui\/finetunes\/compare/),
+      page.click('#actions a[href^="/ui/finetunes/compare"]'),
+    ]);
+    report.finetune.recommended = (await page.textContent(".recommendation b")).trim();
+    await shot(page, "finetune-compare");
+    await page.goto(BASE + `/ui/finetunes/${FINETUNE_JOB}`);
+    await page.fill("#promote-share", "25%");
+    await Promise.all([page.waitForURL(/\/ui\/tasks\//), page.click("#promote-canary")]);
+    report.finetune.history = await page
+      .locator("#split-history tbody tr")
+      .evaluateAll((rows) =>
+        rows.map((row) =>
+          [2, 3, 4].map((i) => row.children[i].textContent.replace(/\s+/g, " ").trim()).join(" "),
+        ),
+      );
+    await shot(page, "task-promoted");
+    await page.goto(BASE + `/ui/finetunes/${CURVES_JOB}`);
+    report.finetune.curves = {
+      lines: await page.locator("#loss svg polyline").count(),
+      dots: await page.locator("#loss svg circle").count(),
+    };
+    await shot(page, "finetune-curves");
   });
 
   await step("sign out", async () => {

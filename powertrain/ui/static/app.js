@@ -215,14 +215,16 @@
       // A resumed job still reads failed/cancelled until its new worker claims it.
       const resumed = initial === "failed" || initial === "cancelled";
       const note = document.getElementById("progress-note");
-      let points = Number(box.dataset.points || 0);
+      const points = Number(box.dataset.points || 0);
       let polls = 0;
       const short = (value) =>
         typeof value === "number" ? String(Number(value.toPrecision(4))) : String(value);
 
       function show(job) {
+        const phase = document.getElementById("progress-phase");
+        if (!phase) return; // scoring: nothing but the note to show
         const p = job.progress || {};
-        document.getElementById("progress-phase").textContent = p.phase || job.status;
+        phase.textContent = p.phase || job.status;
         document.getElementById("progress-count").textContent =
           p.total ? p.step + " / " + p.total : "";
         const fill = box.querySelector("svg.bar .fill");
@@ -242,13 +244,14 @@
           });
           if (!response.ok) throw new Error("HTTP " + response.status);
           const job = await response.json();
-          // A new status, or new loss points (at most every 15 s): the page shows them.
+          // A new status, a score, or new loss points (at most every 15 s): the page
+          // shows them.
           const grown = job.points !== points && Date.now() - loadedAt > 15000;
-          if (job.status !== initial || grown) {
+          const scored = job.scored !== (box.dataset.scored === "1");
+          if (job.status !== initial || scored || grown) {
             window.location.reload();
             return;
           }
-          points = job.points;
           show(job);
         } catch (error) {
           note.textContent = "could not refresh: " + error.message;
@@ -257,7 +260,8 @@
           note.textContent = "No worker has picked the job up in a minute: see worker.log below.";
           return;
         }
-        setTimeout(poll, 2000);
+        if (initial === "succeeded" && polls >= 360) return; // half an hour: never scored
+        setTimeout(poll, initial === "succeeded" ? 5000 : 2000); // scoring: no progress to show
       }
       setTimeout(poll, 2000);
     }
