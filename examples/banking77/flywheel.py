@@ -1,6 +1,7 @@
-"""The two steps of the flywheel that a script plays here: traffic with its labeller, and the summary.
+"""The steps of the flywheel a script plays here: traffic with its labeller, data, the summary.
 
     python examples/banking77/flywheel.py traffic --per-intent 4
+    python examples/banking77/flywheel.py rows --per-intent 8 -o methods.jsonl
     python examples/banking77/flywheel.py summary --job ft_… --run ev_…
 
 ``traffic`` is the product in use: customer messages from the train split go
@@ -9,7 +10,10 @@ labeller — this program, standing in for a person with the true labels — giv
 each answer feedback: a thumb up when the intent is right, a thumb down and the
 correct intent when it is not. Those traces and their feedback are what
 ``powertrain dataset create --from-traces --feedback any`` turns into training
-data. ``summary`` prints what the loop measured. ``flywheel.sh`` runs it all.
+data. ``rows`` writes a dataset file instead: train messages, and the held-out
+slice pinned as the test split, so ``finetune --method auto`` scores every method
+on the held-out slice (``methods.sh``). ``summary`` prints what the loop
+measured. ``flywheel.sh`` runs the loop.
 """
 
 from __future__ import annotations
@@ -90,6 +94,17 @@ async def traffic(args: argparse.Namespace) -> int:
     return 0
 
 
+def rows(args: argparse.Namespace) -> int:
+    split = load_split(args.data)
+    train = traffic_rows(split.train, split.shots, args.per_intent, args.seed)
+    with args.output.open("w", encoding="utf-8") as out:
+        for row, pin in [*((r, "train") for r in train), *((r, "test") for r in split.heldout)]:
+            record = {"vars": {"text": row.text}, "expected": {"intent": row.intent}, "split": pin}
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    console.print(f"{args.output}: {len(train)} train rows, {len(split.heldout)} held-out (test)")
+    return 0
+
+
 def _json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
@@ -146,6 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Banking77 directory")
     run.add_argument("--per-intent", type=int, default=4)
     run.add_argument("--seed", type=int, default=7)
+    data = commands.add_parser("rows", help="a dataset file: train rows + the held-out slice")
+    data.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Banking77 directory")
+    data.add_argument("--per-intent", type=int, default=8)
+    data.add_argument("--seed", type=int, default=7)
+    data.add_argument("-o", "--output", type=Path, required=True)
     report = commands.add_parser("summary", help="print what the loop measured")
     report.add_argument("--job", type=Path, required=True, help="`finetune show --json` output")
     report.add_argument("--run", type=Path, required=True, help="`eval run --json` output")
@@ -154,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "traffic":
         return asyncio.run(traffic(args))
+    if args.command == "rows":
+        return rows(args)
     return summary(args)
 
 

@@ -137,6 +137,7 @@ def finetune(ctx: click.Context, /, config_path: str | None, as_json: bool, **op
         seed=options["seed"],
         settings=_settings(options, options["pairs"]),
         limit=options["limit"],
+        score=options["score"],
     )
     config = load(config_path)
     out = _out(as_json)

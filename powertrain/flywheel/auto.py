@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from powertrain.errors import InvalidRequest, PowertrainError
@@ -149,15 +149,4 @@ def recommend(
 
 def request_for(request: FineTuneRequest, method: str, settings: dict[str, Any]) -> FineTuneRequest:
     """``request`` for one of the methods ``auto`` tries."""
-    return FineTuneRequest(
-        task=request.task,
-        dataset=request.dataset,
-        method=method,
-        base=request.base,
-        variant=request.variant,
-        encoder=request.encoder,
-        seed=request.seed,
-        settings=settings,
-        limit=request.limit,
-        owner=request.owner,
-    )
+    return replace(request, method=method, settings=settings)

@@ -69,6 +69,7 @@ class FineTuneRequest:
     settings: dict[str, Any] = field(default_factory=dict)  # the method's hyperparameters
     limit: int | None = None  # at most this many training rows (the first, by row order)
     owner: str = ADMIN_OWNER  # whose dataset
+    score: bool = True  # whether the one who runs it scores it (recorded for onlookers)
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,7 @@ class FineTuning:
                 "seed": request.seed,
                 "settings": request.settings,
                 "limit": request.limit,
+                "score": request.score,
             },
         )
 

@@ -78,6 +78,7 @@ async def create_job(body: FineTuneBody, request: Request) -> dict[str, Any]:
         seed=body.seed,
         settings=body.settings,
         limit=body.limit,
+        score=body.score,
     )
     job = await asyncio.to_thread(service.create, ask)
     config = _gateway(request).config

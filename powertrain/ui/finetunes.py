@@ -40,8 +40,8 @@ JobId = Annotated[str, Path(max_length=40)]
 LIST_LIMIT = 100  # the newest jobs shown; filters reach older ones
 COMPARE_LIMIT = 1000
 ACTIVE = frozenset({"queued", "running", "cancelling"})  # a page that polls for progress
-# After training, a worker scores the job (unless told not to, which the job does not
-# record): its page keeps looking for the score this long after the job finished.
+# After training, a worker scores the job (unless ``params["score"]`` says not to): its
+# page keeps looking for the score this long after the job finished.
 SCORING_WINDOW = timedelta(minutes=30)
 LOG_LINES = 40
 # Shown in their own sections of a job page, not in its metrics table.
@@ -148,6 +148,7 @@ def fine_tune_request(form: dict[str, str]) -> FineTuneRequest:
         seed=seed if seed is not None else 0,
         settings=_settings(form.get("settings", "")),
         limit=_whole(form, "limit"),
+        score=form.get("score") == "on",
     )
 
 
@@ -259,7 +260,8 @@ def single_losses(job: JobRecord) -> list[tuple[str, float, float]]:
 def awaiting_score(job: JobRecord) -> bool:
     """Trained a moment ago and not scored yet: its worker is probably scoring it now."""
     recent = job.finished_at is not None and utc_now() - job.finished_at < SCORING_WINDOW
-    return job.status == "succeeded" and "eval_run" not in job.metrics and recent
+    wanted = job.params.get("score", True)
+    return job.status == "succeeded" and wanted and "eval_run" not in job.metrics and recent
 
 
 def curve_points(job: JobRecord) -> int:

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Every fine-tuning method on Banking77, measured on the held-out slice, in one table:
+# a classifier on MiniLM embeddings, LoRA and prompt tuning of SmolLM2, beside the base.
+#
+#   examples/banking77/methods.sh        # from the repository root, after `make install`
+#
+# Settings (environment): PER_INTENT (train messages per intent, default 8: 616 in all),
+# BUDGET (the time budget for training, default 45m), HOME_DIR (default a fresh
+# examples/banking77/.methods).
+set -euo pipefail
+cd "$(dirname "$0")"
+BIN=${BIN:-../../.venv/bin}
+HOME_DIR=${HOME_DIR:-$PWD/.methods}
+export POWERTRAIN_HOME="$HOME_DIR"
+export POWERTRAIN_CONFIG="$PWD/powertrain.toml"
+rm -rf "$HOME_DIR" && mkdir -p "$HOME_DIR/out"
+"$BIN/python" prepare.py
+"$BIN/python" flywheel.py rows --per-intent "${PER_INTENT:-8}" -o "$HOME_DIR/out/methods.jsonl"
+(cd "$HOME_DIR/out" && "$BIN/powertrain" dataset create b77-methods --from-file methods.jsonl \
+  --task banking77)
+"$BIN/powertrain" finetune --task banking77 --dataset b77-methods --method auto \
+  --time-budget "${BUDGET:-45m}" ${SETTINGS:-} --json > "$HOME_DIR/out/auto.json"
+echo "the table above is also in $HOME_DIR/out/auto.json"
