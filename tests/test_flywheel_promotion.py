@@ -75,8 +75,13 @@ def test_the_flywheel_schema_matches_its_migration(db: Database) -> None:
         table = name if kind == "table" else getattr(getattr(obj, "table", None), "name", None)
         return table in FLYWHEEL_TABLES
 
+    def reflected(name: str | None, kind: str, parent: dict[str, str | None]) -> bool:
+        # Only these tables are read back: others hold types (pgvector's) SQLAlchemy lacks.
+        return name in FLYWHEEL_TABLES if kind == "table" else True
+
     with db.engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"include_object": ours})
+        opts = {"include_object": ours, "include_name": reflected}
+        context = MigrationContext.configure(conn, opts=opts)
         diff = compare_metadata(context, metadata)
     # Tables and columns; JSON/JSONB variants and defaults are reported differently per backend.
     assert [
