@@ -49,8 +49,9 @@ def test_virtual_tokens_in_the_shared_prefix_give_peft_s_own_loss(base_model: An
     batch = encode_examples(
         [example(q, a, i) for i, (q, a) in enumerate(PAIRS[:3])], chat, window=None
     )
-    fast = shared_prefix_loss(model.get_base_model(), batch, virtual=model.get_prompt(1))
-    torch.autograd.backward(fast.loss)
+    fast = shared_prefix_loss(
+        model.get_base_model(), batch, virtual=model.get_prompt(1), micro_batch=2, backward=True
+    )
     (soft_prompt,) = [p for p in model.parameters() if p.requires_grad]
     fast_grad = soft_prompt.grad.clone()
     model.zero_grad()
@@ -65,8 +66,10 @@ def test_virtual_tokens_in_the_shared_prefix_give_peft_s_own_loss(base_model: An
     reference = total / count
     torch.autograd.backward(reference)
 
-    assert float(fast.loss.detach()) == pytest.approx(float(reference.detach()), rel=1e-5)
-    torch.testing.assert_close(fast_grad, soft_prompt.grad, rtol=1e-3, atol=1e-6)
+    assert float(fast.loss) == pytest.approx(float(reference.detach()), rel=1e-5)
+    # Float32 sums in another order: equal to within a thousandth of the gradient's scale.
+    scale = float(soft_prompt.grad.abs().max())
+    torch.testing.assert_close(fast_grad, soft_prompt.grad, rtol=1e-3, atol=1e-3 * scale)
 
 
 @pytest.mark.model

@@ -113,17 +113,19 @@ def test_shared_prefix_loss_and_gradients_equal_the_plain_ones(
     shared = shared_prefix_length(batch)
     assert shared > 20 and len({len(s) - shared for s in batch}) == 3
 
-    result = shared_prefix_loss(causal_lm, batch)
-    torch.autograd.backward(result.loss)
+    # Micro-batches of 2: the prefix's gradient adds up over two, then goes back once.
+    result = shared_prefix_loss(causal_lm, batch, micro_batch=2, backward=True)
     fast = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     model.zero_grad()
     reference = plain_loss(causal_lm, batch)
     torch.autograd.backward(reference)
     slow = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
-    assert float(result.loss.detach()) == pytest.approx(float(reference.detach()), rel=1e-5)
+    assert float(result.loss) == pytest.approx(float(reference.detach()), rel=1e-5)
     for name, grad in slow.items():
-        torch.testing.assert_close(fast[name], grad, rtol=1e-3, atol=1e-6, msg=name)
+        # Float32 sums in another order: equal to within a thousandth of the gradient's scale.
+        scale = float(grad.abs().max())
+        torch.testing.assert_close(fast[name], grad, rtol=1e-3, atol=1e-3 * scale, msg=name)
     assert result.target_tokens == sum(len(s.target) for s in batch)
     assert result.tokens == sum(len(s) for s in batch)
     assert result.computed_tokens == result.tokens - 2 * shared

@@ -63,17 +63,20 @@ def quiet_peft() -> Iterator[None]:
 class PeftAdaptation:
     """A PEFT model as the loop sees it: its trainable weights and a shared-prefix loss."""
 
-    def __init__(self, peft_model: Any, *, virtual_tokens: bool):
+    def __init__(self, peft_model: Any, *, virtual_tokens: bool, micro_batch: int):
         self.peft_model = peft_model
+        self.micro_batch = micro_batch
         self.causal_lm = peft_model.get_base_model()
         self.virtual_tokens = virtual_tokens
 
     def trainable(self) -> dict[str, torch.nn.Parameter]:
         return {n: p for n, p in self.peft_model.named_parameters() if p.requires_grad}
 
-    def batch_loss(self, batch: Sequence[TokenSequence]) -> BatchLoss:
+    def batch_loss(self, batch: Sequence[TokenSequence], *, backward: bool) -> BatchLoss:
         virtual = self.peft_model.get_prompt(batch_size=1) if self.virtual_tokens else None
-        return shared_prefix_loss(self.causal_lm, batch, virtual=virtual)
+        return shared_prefix_loss(
+            self.causal_lm, batch, virtual=virtual, micro_batch=self.micro_batch, backward=backward
+        )
 
     def train_mode(self, training: bool) -> None:
         self.peft_model.train(training)
@@ -111,7 +114,9 @@ def train_peft(
     test = encode_examples(plan.test, chat, window=window, extra=virtual_tokens)
     torch.manual_seed(plan.seed)  # the adapter's initial weights
     peft_model = make_adapter(load_causal_lm(path), chat)
-    adaptation = PeftAdaptation(peft_model, virtual_tokens=virtual_tokens > 0)
+    adaptation = PeftAdaptation(
+        peft_model, virtual_tokens=virtual_tokens > 0, micro_batch=settings.micro_batch
+    )
     loop = TrainingLoop(
         adaptation, train, test, settings, seed=plan.seed, workdir=workdir, progress=progress
     )

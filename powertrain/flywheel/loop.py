@@ -45,7 +45,9 @@ class Adaptation(Protocol):
 
     def trainable(self) -> dict[str, torch.nn.Parameter]: ...
 
-    def batch_loss(self, batch: Sequence[TokenSequence]) -> BatchLoss: ...
+    def batch_loss(self, batch: Sequence[TokenSequence], *, backward: bool) -> BatchLoss:
+        """The batch's mean loss; with ``backward``, its gradients are added to the weights'."""
+        ...
 
     def train_mode(self, training: bool) -> None: ...
 
@@ -105,7 +107,7 @@ def mean_loss(adaptation: Adaptation, sequences: Sequence[TokenSequence], batch_
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
             batch = [sequences[i] for i in order[start : start + batch_size]]
-            result = adaptation.batch_loss(batch)
+            result = adaptation.batch_loss(batch, backward=False)
             total += float(result.loss) * result.target_tokens
             count += result.target_tokens
     return total / max(1, count)
@@ -115,7 +117,7 @@ def fingerprint(sequences: Sequence[TokenSequence], settings: TrainerSettings, s
     """A hash of what decides the result; a checkpoint resumes only the same run."""
     digest = hashlib.sha256()
     kept = settings.model_dump(
-        exclude={"threads", "checkpoint_every", "eval_batch_size", "max_seconds"}
+        exclude={"threads", "checkpoint_every", "eval_batch_size", "max_seconds", "micro_batch"}
     )
     digest.update(json.dumps({"seed": seed, "settings": kept}, sort_keys=True).encode())
     for s in sequences:
@@ -193,8 +195,7 @@ class TrainingLoop:
         state = self.state
         started = time.perf_counter()
         self.adaptation.train_mode(True)
-        result = self.adaptation.batch_loss(batch)
-        torch.autograd.backward(result.loss)
+        result = self.adaptation.batch_loss(batch, backward=True)
         torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.settings.max_grad_norm)
         lr = float(self.scheduler.get_last_lr()[0])
         self.optimizer.step()

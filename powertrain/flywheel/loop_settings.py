@@ -32,6 +32,13 @@ class LoopSettings(TrainerSettings):
     schedule: Literal["cosine", "linear"] = "cosine"
     weight_decay: float = Field(default=0.0, ge=0, le=1)
     max_grad_norm: float = Field(default=1.0, gt=0)
+    micro_batch: int = Field(
+        default=4,
+        ge=1,
+        le=1024,
+        description="Rows whose suffixes run together on the shared prefix: memory, not "
+        "results (each row holds a copy of the prefix's KV cache).",
+    )
     eval_batch_size: int = Field(default=32, ge=1, le=1024)
     checkpoint_every: int = Field(default=25, ge=1, description="Steps between checkpoints.")
     threads: int | None = Field(default=None, ge=1, description="Torch threads (default: all).")
