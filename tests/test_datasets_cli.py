@@ -87,6 +87,10 @@ def test_datasets_from_files_are_versioned_shown_exported_and_deleted(project: P
         {"role": "user", "content": "Ticket: a, b"},
         {"role": "assistant", "content": "other"},
     ]
+    outside = project.parent / f"{project.name}-escaped.jsonl"
+    refused = cli("dataset", "export", "c", "-o", str(outside), ok=False)
+    assert refused.exit_code == 1 and "relative to the working directory" in refused.output
+    assert not outside.exists()
     out = cli("dataset", "export", "t", "--format", "openai", "--task", "classify").stdout
     chats = [json.loads(x) for x in out.splitlines()]
     assert [[m["role"] for m in c["messages"]] for c in chats] == [

@@ -14,7 +14,7 @@ from powertrain.datasets.rows import split_of
 from powertrain.errors import InvalidRequest
 from powertrain.feedback import FeedbackService, TraceNotFound, feedback_request
 from powertrain.schemas.trace import Trace
-from powertrain.store import Database, TraceStore
+from powertrain.store import Database, TaskStore, TraceStore
 from powertrain.store.schema import dataset_rows, dataset_versions, feedback
 
 
@@ -167,6 +167,34 @@ def test_rows_from_traces_follow_filters_and_feedback(db: Database) -> None:
     assert corrected[0].source == {"trace_id": fixed.id, "task": task, "variant": "default"}
     everyone = datasets.rows_from_traces(TraceQuery(task=task, feedback="up"), scope=None)
     assert sorted(str(r.output) for r in everyone) == ["not yours", "old", "refund"]
+
+
+def test_a_schema_tasks_answer_is_its_value_like_a_correction(db: Database) -> None:
+    service, traces, tasks = FeedbackService(db), TraceStore(db), TaskStore(db)
+    key = owner()
+    typed, plain = (f"{kind}-{uuid.uuid4().hex[:6]}" for kind in ("typed", "plain"))
+    schema = {"type": "object", "properties": {"intent": {"enum": ["refund", "card"]}}}
+    for name, content in ((typed, {"output_schema": schema}), (plain, {"output_schema": None})):
+        tasks.create_task(name, source="api", definition={})
+        version, _ = tasks.add_version(name, content, f"hash-{name}", source="api")
+        made = [
+            trace(
+                name, key, output='{"intent": "refund"}', metadata={"task_version": version.version}
+            ),
+            trace(
+                name, key, output='{"intent": "refund"}', metadata={"task_version": version.version}
+            ),
+        ]
+        traces.insert_many(made)
+        service.give(feedback_request(made[0].id, thumb="up"), scope=None)
+        service.give(feedback_request(made[1].id, correction={"intent": "card"}), scope=None)
+
+    def outputs(task: str) -> list[object]:
+        found = Datasets(db).rows_from_traces(TraceQuery(task=task, feedback="any"), scope=key)
+        return sorted((r.output for r in found), key=str)
+
+    assert outputs(typed) == [{"intent": "card"}, {"intent": "refund"}]  # one shape for both
+    assert outputs(plain) == ['{"intent": "refund"}', {"intent": "card"}]  # text stays text
 
 
 def test_rows_keep_any_text_and_read_back_as_eval_cases(db: Database) -> None:

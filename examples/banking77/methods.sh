@@ -9,7 +9,7 @@
 # examples/banking77/.methods).
 set -euo pipefail
 cd "$(dirname "$0")"
-BIN=${BIN:-../../.venv/bin}
+BIN=$(cd "${BIN:-../../.venv/bin}" && pwd)   # absolute: some steps run in other directories
 HOME_DIR=${HOME_DIR:-$PWD/.methods}
 export POWERTRAIN_HOME="$HOME_DIR"
 export POWERTRAIN_CONFIG="$PWD/powertrain.toml"

@@ -311,7 +311,7 @@ def export(
             written += 1
         sys.stdout.flush()
     else:
-        target = Path.cwd() / safe_relative_path(output)
+        target = Path.cwd() / safe_relative_path(output, root="the working directory")
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(target.name + ".partial")
         with partial.open("wb") as handle:

@@ -25,7 +25,7 @@ FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
 
 def resolve_inside(root: Path, name: str) -> tuple[str, Path]:
     """(the name as given relative to ``root``, the real file), or :class:`UnsafePath`."""
-    relative = safe_relative_path(name).as_posix()
+    relative = safe_relative_path(name, root="the dataset root").as_posix()
     base = Path(root).resolve(strict=True)
     try:
         real = (base / relative).resolve(strict=True)

@@ -8,6 +8,7 @@ feedback (thumb, score, label).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from datetime import datetime
@@ -97,7 +98,7 @@ class TraceRows:
         self.db = db
         self.feedback = FeedbackStore(db)
         self.tasks = TaskStore(db)
-        self._inputs: dict[tuple[str, int], str | None] = {}
+        self._versions: dict[tuple[str, int], dict[str, Any]] = {}
 
     def rows(
         self,
@@ -161,7 +162,7 @@ class TraceRows:
             source["variant"] = trace.variant
         return DatasetRow(
             input=given,
-            output=correction if correction is not None else trace.output,
+            output=correction if correction is not None else self._answer(trace),
             labels=labels,
             source=source,
         )
@@ -186,14 +187,30 @@ class TraceRows:
         return None  # an embeddings call, say: nothing to learn from
 
     def _input_name(self, trace: Trace) -> str | None:
+        name = self._version(trace).get("input")
+        return name if isinstance(name, str) else None
+
+    def _answer(self, trace: Trace) -> Any:
+        """The call's answer as a reference: the value itself for a task with an output
+        schema (its trace holds the validated value as JSON text), so it compares with a
+        correction, which is given as the value; the text otherwise."""
+        if trace.output is None or self._version(trace).get("output_schema") is None:
+            return trace.output
+        try:
+            return json.loads(trace.output)
+        except json.JSONDecodeError:
+            return trace.output  # from a build that stored something else: kept as it was
+
+    def _version(self, trace: Trace) -> dict[str, Any]:
+        """The content of the task version that served ``trace`` ({} when unknown)."""
         version = trace.metadata.get("task_version")
         if not isinstance(version, int) or trace.task is None:
-            return None
+            return {}
         key = (trace.task, version)
-        if key not in self._inputs:
+        if key not in self._versions:
             record = self.tasks.get_version(trace.task, version)
-            self._inputs[key] = record.content.get("input") if record is not None else None
-        return self._inputs[key]
+            self._versions[key] = record.content if record is not None else {}
+        return self._versions[key]
 
 
 def check_query(query: TraceQuery) -> None:

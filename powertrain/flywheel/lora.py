@@ -40,7 +40,9 @@ class LoraSettings(LoopSettings):
         min_length=1,
         description="Linear layers to adapt (default: every attention and MLP projection).",
     )
-    learning_rate: float = Field(default=1e-3, gt=0, le=1)
+    # Measured on Banking77 (308 examples, 3 epochs, batch 16; bench/flywheel/lora_banking77):
+    # 1e-3 reaches 24.7% held-out accuracy, 3e-3 52.0%, 5e-3 53.5%.
+    learning_rate: float = Field(default=5e-3, gt=0, le=1)
 
     @field_validator("target_modules")
     @classmethod

@@ -60,7 +60,7 @@ def _refusal(name: str, *, absolute_ok: bool = False) -> str | None:
     return None
 
 
-def safe_relative_path(name: str) -> PurePosixPath:
+def safe_relative_path(name: str, *, root: str = "the collection root") -> PurePosixPath:
     """``name`` as a normalised relative path, or :class:`UnsafePath`.
 
     For names that arrive from outside (uploads, API fields): backslashes become
@@ -68,21 +68,21 @@ def safe_relative_path(name: str) -> PurePosixPath:
     percent-decoded (up to three times, for double encoding) are refused too,
     though a harmless literal ``%`` is kept as it is.
     """
-    _check(name)
+    _check(name, root=root)
     parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
     if not parts:
         raise UnsafePath(f"path {name[:200]!r} names no file", param="path")
     return PurePosixPath(*parts)
 
 
-def _check(name: str, *, absolute_ok: bool = False) -> None:
+def _check(name: str, *, absolute_ok: bool = False, root: str = "the collection root") -> None:
     shown = repr(name[:200])
     variant = name
     for _ in range(4):
         reason = _refusal(variant, absolute_ok=absolute_ok)
         if reason is not None:
             raise UnsafePath(
-                f"path {shown} {reason}; use a path relative to the collection root",
+                f"path {shown} {reason}; use a path relative to {root}",
                 param="path",
             )
         decoded = unquote(variant)
