@@ -128,3 +128,46 @@ async def test_closing_the_model_mid_generation_is_safe() -> None:
     with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
         await waiting
     await queued.aclose()  # type: ignore[attr-defined]
+
+
+async def test_models_take_turns_on_one_thread_and_closing_one_spares_the_other() -> None:
+    # Two llama.cpp models generating from two threads slow each other down (see
+    # _local_worker), so every llama.cpp model runs on one shared thread, in turn.
+    def engine(alias: str, n_ctx: int) -> LlamaCppEngine:
+        return LlamaCppEngine(
+            BUNDLED_MODEL.model_copy(update={"alias": alias, "options": {"n_ctx": n_ctx}})
+        )
+
+    first, second = engine("smollm2-turn-a", 1024), engine("smollm2-turn-b", 1280)
+    await first.start()
+    await second.start()
+    try:
+        assert first.loaded is not second.loaded  # two copies of the weights
+        events: list[str] = []
+
+        async def run(eng: LlamaCppEngine, name: str, max_tokens: int) -> None:
+            request = _request("Tell me about the sea.", temperature=0, max_tokens=max_tokens)
+            async for _chunk in eng.stream(request):
+                if name + " started" not in events:
+                    events.append(name + " started")
+            events.append(name + " done")
+
+        long = asyncio.ensure_future(run(first, "a", 60))
+        while first.loaded.worker.admitted == 0:
+            await asyncio.sleep(0.01)
+        await asyncio.gather(long, run(second, "b", 5))
+        assert events == ["a started", "a done", "b started", "b done"]
+
+        events.clear()
+        stopped = asyncio.ensure_future(run(first, "a", 400))
+        while not events:
+            await asyncio.sleep(0.01)
+        spared = asyncio.ensure_future(run(second, "b", 5))
+        while second.loaded.worker.admitted == 0:
+            await asyncio.sleep(0.01)
+        await first.aclose()  # stops a's generation; b's job, queued behind it, still runs
+        await asyncio.gather(stopped, spared)
+        assert events == ["a started", "a done", "b started", "b done"]
+    finally:
+        await first.aclose()
+        await second.aclose()
