@@ -41,9 +41,10 @@ class RegisteredModels:
             added += self.catalog.register(model)
         return added
 
-    async def refresh(self) -> int:
-        """``load`` off the event loop, at most once per ``min_interval`` seconds."""
+    async def refresh(self, *, force: bool = False) -> int:
+        """``load`` off the event loop: at most once per ``min_interval`` seconds (a flood
+        of calls naming unknown models costs one query a second), or now with ``force``."""
         async with self._lock:
-            if time.monotonic() - self._last < self.min_interval:
+            if not force and time.monotonic() - self._last < self.min_interval:
                 return 0
             return await asyncio.to_thread(self.load)

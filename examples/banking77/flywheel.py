@@ -97,11 +97,13 @@ async def traffic(args: argparse.Namespace) -> int:
 def rows(args: argparse.Namespace) -> int:
     split = load_split(args.data)
     train = traffic_rows(split.train, split.shots, args.per_intent, args.seed)
+    # The held-out slice is in rounds of one message per intent: any prefix is balanced.
+    heldout = split.heldout[: args.heldout_limit]
     with args.output.open("w", encoding="utf-8") as out:
-        for row, pin in [*((r, "train") for r in train), *((r, "test") for r in split.heldout)]:
+        for row, pin in [*((r, "train") for r in train), *((r, "test") for r in heldout)]:
             record = {"vars": {"text": row.text}, "expected": {"intent": row.intent}, "split": pin}
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
-    console.print(f"{args.output}: {len(train)} train rows, {len(split.heldout)} held-out (test)")
+    console.print(f"{args.output}: {len(train)} train rows, {len(heldout)} held-out (test)")
     return 0
 
 
@@ -165,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     data.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Banking77 directory")
     data.add_argument("--per-intent", type=int, default=8)
     data.add_argument("--seed", type=int, default=7)
+    data.add_argument("--heldout-limit", type=int, default=None, help="the first N held-out")
     data.add_argument("-o", "--output", type=Path, required=True)
     report = commands.add_parser("summary", help="print what the loop measured")
     report.add_argument("--job", type=Path, required=True, help="`finetune show --json` output")

@@ -6,13 +6,14 @@ told to come back (``EngineOverloaded`` with a ``Retry-After`` estimate)
 instead of piling up unbounded. Each job can be cancelled: a queued job never
 starts, a running one stops at its next token, and its slot is freed.
 
-A model runs on a thread of its own, or on a *lane* it shares with the other
-models of its runtime. llama.cpp parallelises with OpenMP, which gives every
-calling thread a team of its own, and an idle llama.cpp team slows a busy one
-on the same cores: a LoRA model served beside its base, each from its own
-thread, took 1.04 s a call instead of 0.44 s on 2 cores (PyTorch's teams were
-measured not to). So llama.cpp models share the ``"llamacpp"`` lane; on a CPU
-each already uses every core, so taking turns loses nothing.
+Every in-process model runs on one shared thread, the *compute lane*, and so
+does in-process training. llama.cpp and PyTorch share one OpenMP runtime, which
+gives every calling thread a team of worker threads of its own, and a second
+team on the same cores slows the first down, idle or not: llama.cpp calls took
+1.04 s instead of 0.44 s beside a second llama.cpp model on its own thread, and
+0.73 s instead of 0.41 s after a LoRA training step ran on another thread (on
+the lane: 0.45 s). On a CPU each model already uses every core, so taking
+turns loses nothing.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from powertrain.errors import EngineOverloaded
 
 _DONE = object()
+T = TypeVar("T")
 
 
 @dataclass(eq=False)  # jobs are tracked by identity
@@ -58,31 +60,58 @@ class Job:
             yield item
 
 
-_lanes: dict[str, ThreadPoolExecutor] = {}
-_lanes_lock = threading.Lock()
+_lane: ThreadPoolExecutor | None = None
+_lane_lock = threading.Lock()
+_here = threading.local()
 
 
-def lane(name: str) -> ThreadPoolExecutor:
-    """The one thread every model on lane ``name`` runs on."""
-    with _lanes_lock:
-        if name not in _lanes:
-            _lanes[name] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pt-{name}")
-        return _lanes[name]
+def _mark_lane() -> None:
+    _here.on_lane = True
+
+
+def compute_lane() -> ThreadPoolExecutor:
+    """The one thread this process runs its models and its training on."""
+    global _lane
+    with _lane_lock:
+        if _lane is None:
+            _lane = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="pt-compute", initializer=_mark_lane
+            )
+        return _lane
+
+
+def on_compute_lane() -> bool:
+    return bool(getattr(_here, "on_lane", False))
+
+
+def run_on_compute_lane(
+    work: Callable[[], T], *, interrupted: Callable[[], None] | None = None
+) -> T:
+    """``work()`` on the compute lane, from any other thread; blocks until it returns.
+
+    On Ctrl-C, ``interrupted`` is called (it should make ``work`` stop soon) and the
+    call waits for ``work`` to end before re-raising, so nothing runs on unobserved.
+    """
+    if on_compute_lane():
+        return work()
+    future = compute_lane().submit(work)
+    try:
+        return future.result()
+    except KeyboardInterrupt:
+        if interrupted is not None:
+            interrupted()
+        wait_for([future])
+        raise
 
 
 class LocalWorker:
-    """Runs one model's jobs in order, on its own thread or a shared lane, admitting at
-    most ``1 + queue_size`` of them."""
+    """Runs one model's jobs in order on the compute lane, admitting at most
+    ``1 + queue_size`` of them."""
 
-    def __init__(self, name: str, queue_size: int, *, lane_name: str | None = None):
+    def __init__(self, name: str, queue_size: int):
         self.name = name
         self.queue_size = queue_size
-        self._own_thread = lane_name is None
-        self._executor = (
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pt-{name}")
-            if lane_name is None
-            else lane(lane_name)
-        )
+        self._executor = compute_lane()
         self._admitted = 0
         self._jobs: set[Job] = set()  # admitted and not finished
         self._futures: set[Future[None]] = set()
@@ -105,6 +134,12 @@ class LocalWorker:
         job = Job(loop=loop)
         self._jobs.add(job)
         self._admitted += 1
+        if on_compute_lane():
+            # Asked from the lane itself (training that embeds through a model): queued
+            # behind the work asking, it would wait forever, so it runs here and now.
+            self._run(job, work)
+            self._release(job)
+            return job
         future = self._executor.submit(self._run, job, work)
         self._futures.add(future)
         future.add_done_callback(self._futures.discard)
@@ -143,5 +178,3 @@ class LocalWorker:
         for job in list(self._jobs):
             job.cancel()
         wait_for(list(self._futures))
-        if self._own_thread:
-            self._executor.shutdown(wait=True)

@@ -49,7 +49,7 @@ class LoadedModel:
         )
         self.chat = GGUFChat(self.llm, path.name)
         self.eos_text = self.chat.eos_text
-        self.worker = LocalWorker(path.stem, queue_size, lane_name="llamacpp")
+        self.worker = LocalWorker(path.stem, queue_size)
         # llama.cpp pads its context up to a multiple of 256, but llama-cpp-python sizes
         # its token buffers to the number asked for: that number is the real window.
         self.n_ctx = min(int(self.llm.n_ctx()), n_ctx)

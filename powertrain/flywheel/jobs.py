@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from powertrain.catalog import ModelConfig
 from powertrain.config import Config
 from powertrain.datasets.service import Datasets, parse_ref
+from powertrain.engines._local_worker import run_on_compute_lane
 from powertrain.errors import Conflict, InvalidRequest, NotFound, PowertrainError
 from powertrain.flywheel.base import Progress, ProgressFn, TrainedModel, Trainer, TrainingPlan
 from powertrain.flywheel.examples import render_rows, training_variant
@@ -298,7 +299,12 @@ class FineTuning:
             workdir = self.workdir(job)
             workdir.mkdir(parents=True, exist_ok=True)
             self.store.update_job(job.id, workdir=str(workdir))
-            trained = method.train(plan, workdir, reporter, resume=resume)
+            # On the compute lane, where the models it is then scored with will run too:
+            # training on another thread would slow them down (see _local_worker).
+            trained = run_on_compute_lane(
+                lambda: method.train(plan, workdir, reporter, resume=resume),
+                interrupted=reporter.interrupt,
+            )
             alias, variant = self._register(job, plan, method, trained)
         except BaseException as exc:
             status = "cancelled" if isinstance(exc, JobCancelled | KeyboardInterrupt) else "failed"
@@ -407,8 +413,15 @@ class _Reporter:
         self.last: dict[str, Any] = {}
         self._written = 0.0
         self._phase: str | None = None
+        self._interrupted = False
+
+    def interrupt(self) -> None:
+        """Ctrl-C while the trainer runs on another thread: stop at its next report."""
+        self._interrupted = True
 
     def __call__(self, progress: Progress) -> None:
+        if self._interrupted:
+            raise KeyboardInterrupt
         for name, value in progress.metrics.items():
             if name in ("loss", "eval_loss"):
                 self.curves.setdefault(name, []).append([progress.step, float(value)])

@@ -70,7 +70,8 @@ async def list_models(
 ) -> dict[str, Any]:
     """The catalog (the models this key may use), in OpenAI's list shape."""
     gateway = _gateway(request)
-    await gateway.registered.refresh()  # models fine-tuned since the last look
+    # Models fine-tuned since the last look, even a moment ago: a listing is no hot path.
+    await gateway.registered.refresh(force=True)
     config = gateway.config
     models = [_model_entry(m) for m in config.catalog if KeyService.may_use(principal.key, m.alias)]
     routes = [_route_entry(r) for r in config.routes if KeyService.may_use(principal.key, r.name)]
