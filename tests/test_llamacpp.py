@@ -132,7 +132,7 @@ async def test_closing_the_model_mid_generation_is_safe() -> None:
 
 async def test_models_take_turns_on_one_thread_and_closing_one_spares_the_other() -> None:
     # Two llama.cpp models generating from two threads slow each other down (see
-    # _local_worker), so every llama.cpp model runs on one shared thread, in turn.
+    # _local_worker), so every local model runs on one shared thread, in turn.
     def engine(alias: str, n_ctx: int) -> LlamaCppEngine:
         return LlamaCppEngine(
             BUNDLED_MODEL.model_copy(update={"alias": alias, "options": {"n_ctx": n_ctx}})

@@ -9,7 +9,6 @@ rendered or whose output breaks the task's schema are left out and counted.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,7 +71,6 @@ def render_rows(
             continue
         output: Any = row.output
         if schema is not None:
-            output = _decoded(output)
             problem = schema_errors(schema, output)
             if problem is not None:
                 out.skip(row, f"its output does not match the task's schema: {problem}")
@@ -91,13 +89,3 @@ def render_rows(
         )
         (out.test if example.split == "test" else out.train).append(example)
     return out
-
-
-def _decoded(output: Any) -> Any:
-    """A schema task's reference given as JSON text (a file row, say) is the value it encodes."""
-    if not isinstance(output, str):
-        return output
-    try:
-        return json.loads(output)
-    except json.JSONDecodeError:
-        return output  # the schema check names the problem

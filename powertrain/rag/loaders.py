@@ -46,6 +46,10 @@ _DRIVE = re.compile(r"^[A-Za-z]:")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+# What a refused path should be relative to, unless the caller names its own root.
+_ROOT = "the collection root"
+
+
 def _refusal(name: str, *, absolute_ok: bool = False) -> str | None:
     """Why ``name`` (one decoding of it) is unsafe, or None."""
     if _CONTROL.search(name):
@@ -60,7 +64,7 @@ def _refusal(name: str, *, absolute_ok: bool = False) -> str | None:
     return None
 
 
-def safe_relative_path(name: str, *, root: str = "the collection root") -> PurePosixPath:
+def safe_relative_path(name: str, *, root: str = _ROOT) -> PurePosixPath:
     """``name`` as a normalised relative path, or :class:`UnsafePath`.
 
     For names that arrive from outside (uploads, API fields): backslashes become
@@ -75,7 +79,7 @@ def safe_relative_path(name: str, *, root: str = "the collection root") -> PureP
     return PurePosixPath(*parts)
 
 
-def _check(name: str, *, absolute_ok: bool = False, root: str = "the collection root") -> None:
+def _check(name: str, *, absolute_ok: bool = False, root: str = _ROOT) -> None:
     shown = repr(name[:200])
     variant = name
     for _ in range(4):
